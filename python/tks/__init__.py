@@ -1,0 +1,1 @@
+"""tks: the model layer over tks_kernels (neuron modules, losses, models, training)."""

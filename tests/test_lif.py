@@ -1,0 +1,357 @@
+"""Fused LIF (Triton; on the CPU through the interpreter) against the eager reference and
+spikingjelly 2.0.0."""
+import itertools
+import math
+
+import pytest
+import torch
+
+import tks_kernels
+from tks_kernels.lif import SURROGATES, lif_multistep, lif_multistep_reference
+
+from _utils import assert_equal, assert_rel_close, assert_within_one_rounding
+
+TOL = 1e-5
+
+# Leak modes: float tau (LIF), None (IF), learnable tau tensor, decay tensor (PLIF's sigmoid(w)).
+LEAKS = ["lif", "if", "tau_tensor", "decay_tensor"]
+RESETS = {"hard0": 0.0, "hard-0.3": -0.3, "soft": None}
+
+
+def make_case(shape, dtype, device, leak, with_v_init=True, seed=0, scale=1.5):
+    g = torch.Generator().manual_seed(seed)
+    x = (torch.randn(shape, generator=g) * scale + 0.3).to(device=device, dtype=dtype).requires_grad_()
+    v_init = (torch.randn(shape[1:], generator=g) * 0.5).to(device).requires_grad_() if with_v_init else None
+    leak_kw = {
+        "lif": {"tau": 2.0 + torch.rand((), generator=g).item()},
+        "if": {"tau": None},
+        "tau_tensor": {"tau": torch.tensor(2.5, device=device, requires_grad=True)},
+        "decay_tensor": {"decay": torch.tensor(0.35, device=device, requires_grad=True)},
+    }[leak]
+    return x, v_init, leak_kw
+
+
+def run(backend, x, v_init, leak_kw, seed=1, weight_dtype=None, **kw):
+    """Forward on ``backend``, then grads of a random weighting of both outputs. The spikes'
+    weights are rounded to ``weight_dtype`` (default: the spikes' dtype), as autograd rounds the
+    gradient reaching low-precision spikes."""
+    fn = lif_multistep_reference if backend == "reference" else lif_multistep
+    extra = {} if backend == "reference" else {"backend": backend}
+    spikes, v = fn(x, v_init, **leak_kw, **kw, **extra)
+    g = torch.Generator().manual_seed(seed)
+    w_s = torch.randn(spikes.shape, generator=g).to(spikes.device).to(weight_dtype or spikes.dtype).to(spikes.dtype)
+    w_v = torch.randn(v.shape, generator=g).to(v.device)
+    loss = (spikes.float() * w_s).sum() + (v * w_v).sum()
+    leaves = [t for t in [x, v_init, *leak_kw.values()] if isinstance(t, torch.Tensor) and t.requires_grad]
+    grads = torch.autograd.grad(loss, leaves)
+    return spikes, v, grads
+
+
+def as_fp64(x, v_init, leak_kw):
+    """The same case in fp64: the oracle for v and gradients (the leak's gradient is a sum of
+    T * N terms of both signs, which an fp32 loop only gets to ~1e-5)."""
+    def d(t):
+        return t.detach().double().requires_grad_() if isinstance(t, torch.Tensor) else t
+    return d(x), d(v_init), {k: d(t) for k, t in leak_kw.items()}
+
+
+def leak_grad_scale(x, v_init, leak_kw, seed=1, **kw):
+    """Σ_n |∂L/∂k_n| in fp64, k_n a per-neuron copy of the learnable leak: the leak's gradient
+    sums these terms of both signs, so its error is measured against this (its relative error
+    alone is ill-conditioned where they cancel to near zero)."""
+    from tks_kernels.lif.config import parse_lif_args
+    from tks_kernels.lif.reference import lif_reference_forward
+
+    x64, v64, leak64 = as_fp64(x, v_init, leak_kw)
+    (name, leaf), = leak64.items()
+    opts = {k: kw.get(k, d) for k, d in dict(v_threshold=1.0, v_reset=0.0, decay_input=True, detach_reset=False,
+                                              surrogate="sigmoid", alpha=None, store_v_seq=False).items()}
+    cfg, _ = parse_lif_args(x, v_init, 2.0, torch.tensor(0.5), allow_float64=True, **opts)
+    decay0 = (1 / leaf if name == "tau" else leaf).detach()
+    per_neuron = decay0.expand(x.shape[1:]).clone().requires_grad_()
+    spikes, v = lif_reference_forward(x64, v64, per_neuron, cfg)
+    g = torch.Generator().manual_seed(seed)
+    w_s = torch.randn(spikes.shape, generator=g).to(spikes.device)
+    w_v = torch.randn(v.shape, generator=g).to(v.device)
+    loss = (spikes * w_s).sum() + (v * w_v).sum()
+    (grad,) = torch.autograd.grad(loss, per_neuron)
+    chain = (decay0**2).item() if name == "tau" else 1.0  # d(1/tau)/dtau = -1/tau**2
+    return grad.abs().sum().item() * chain
+
+
+def compare(x, v_init, leak_kw, backend="triton", **kw):
+    """Spikes exactly equal to the fp32 reference; v and grads within TOL of the fp64 reference."""
+    s_ref, v_ref32, g_ref32 = run("reference", x, v_init, leak_kw, **kw)
+    s64, v_ref, g_ref = run("reference", *as_fp64(x, v_init, leak_kw), **kw)
+    assert_equal(s64.float(), s_ref.float(), "fp64 vs fp32 reference spikes (choose another seed)")
+    s, v, g = run(backend, x, v_init, leak_kw, **kw)
+    assert_equal(s, s_ref, "spikes")
+    assert v.dtype == torch.float32
+    assert_rel_close(v, v_ref, TOL, "v")
+    assert_rel_close(v_ref32, v_ref, TOL, "fp32 reference v")
+    for i, (a, b) in enumerate(zip(g, g_ref)):
+        assert a.dtype == g_ref32[i].dtype
+        floor = leak_grad_scale(x, v_init, leak_kw, **kw) if a.dim() == 0 else 0.0
+        assert_rel_close(a, b, TOL, f"grad[{i}]", floor=floor)
+    return s_ref
+
+
+# decay_input has no meaning for IF: its cases run once, with decay_input=True
+GRID = [c for c in itertools.product(LEAKS, [True, False], RESETS, [False, True], [False, True])
+        if not (c[0] == "if" and not c[1])]
+
+
+@pytest.mark.parametrize("leak,decay_input,reset,detach_reset,store_v_seq", GRID,
+                         ids=[f"{l}-di{int(d)}-{r}-det{int(dr)}-seq{int(sv)}" for l, d, r, dr, sv in GRID])
+@pytest.mark.parametrize("surrogate", list(SURROGATES))
+def test_triton_matches_reference_option_grid(device, leak, decay_input, reset, detach_reset, store_v_seq, surrogate):
+    x, v_init, leak_kw = make_case((6, 3, 211), torch.float32, device, leak)
+    spikes = compare(x, v_init, leak_kw, decay_input=decay_input, v_reset=RESETS[reset], detach_reset=detach_reset,
+                     surrogate=surrogate, alpha=None, store_v_seq=store_v_seq, v_threshold=0.7)
+    rate = spikes.float().mean().item()
+    assert 0.02 < rate < 0.98, f"the case must exercise both branches, firing rate {rate}"
+
+
+@pytest.mark.parametrize("T", [1, 2, 37])
+@pytest.mark.parametrize("leak", LEAKS)
+def test_triton_lengths(device, T, leak):
+    x, v_init, leak_kw = make_case((T, 1531), torch.float32, device, leak)
+    compare(x, v_init, leak_kw, v_threshold=0.5, surrogate="piecewise_quadratic", alpha=2.0)
+
+
+@pytest.mark.parametrize("shape", [(4, 7), (3, 5, 9), (2, 3, 4, 5), (3, 2, 3, 5, 7), (5, 1), (4, 2049)])
+def test_triton_shapes(device, shape):
+    x, v_init, leak_kw = make_case(shape, torch.float32, device, "lif")
+    compare(x, v_init, leak_kw, v_threshold=0.6)
+    x, _, leak_kw = make_case(shape, torch.float32, device, "tau_tensor")
+    compare(x, None, leak_kw, v_threshold=0.6, store_v_seq=True)
+
+
+def test_triton_empty_neurons(device):
+    x = torch.zeros(3, 0, device=device, requires_grad=True)
+    s, v = lif_multistep(x, backend="triton")
+    assert s.shape == (3, 0) and v.shape == (0,)
+
+
+@pytest.mark.parametrize("layout", ["time_strided", "permuted", "sliced"])
+def test_triton_non_contiguous(device, layout):
+    base = torch.randn(40, 6, 30, device=device) * 1.5
+    if layout == "time_strided":
+        x = base[::2]  # time stride 2*N, each step contiguous: no copy
+    elif layout == "permuted":
+        x = base.permute(1, 0, 2)  # [6, 40, 30]
+    else:
+        x = base[:, :, 3:17]
+    assert not x.is_contiguous()
+    for leak in ["lif", "decay_tensor"]:
+        _, _, leak_kw = make_case(tuple(x.shape), torch.float32, device, leak)
+        s_ref, v_ref, g_ref = run("reference", x.contiguous().requires_grad_(), None, leak_kw, v_threshold=0.8)
+        view = x.detach().requires_grad_()
+        s, v, g = run("triton", view, None, leak_kw, v_threshold=0.8)
+        assert_equal(s, s_ref, "spikes")
+        assert_rel_close(v, v_ref, TOL, "v")
+        for i, (p, q) in enumerate(zip(g, g_ref)):
+            assert_rel_close(p, q, TOL, f"grad[{i}]")
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("leak", ["lif", "decay_tensor"])
+@pytest.mark.parametrize("store_v_seq", [False, True])
+def test_triton_low_precision(device, dtype, leak, store_v_seq):
+    """State is fp32: spikes equal the reference on the upcast input; grad_x equals the fp32
+    reference's up to one rounding to the input dtype."""
+    x, v_init, leak_kw = make_case((7, 2, 333), dtype, device, leak)
+    x32 = x.detach().float().requires_grad_()
+    kw = dict(v_threshold=0.6, surrogate="atan", store_v_seq=store_v_seq)
+    s_ref, v_ref, g_ref = run("reference", x32, v_init, leak_kw, weight_dtype=dtype, **kw)
+    s, v, g = run("triton", x, v_init, leak_kw, **kw)
+    assert s.dtype == dtype and v.dtype == torch.float32
+    assert_equal(s.float(), s_ref, "spikes")
+    assert_rel_close(v, v_ref, TOL, "v")
+    assert g[0].dtype == dtype
+    assert_within_one_rounding(g[0], g_ref[0], "grad_x")
+    for i in range(1, len(g)):
+        floor = leak_grad_scale(x32, v_init, leak_kw, **kw) if g[i].dim() == 0 else 0.0  # noqa: F841
+        assert_rel_close(g[i], g_ref[i], TOL, f"grad[{i}]", floor=floor)
+
+
+@pytest.mark.parametrize("which", ["spikes", "v"])
+def test_triton_gradient_from_one_output(device, which):
+    """Only one output used: the other's gradient is None and must count as zero."""
+    x, v_init, leak_kw = make_case((5, 400), torch.float32, device, "tau_tensor")
+    out = {}
+    for backend in ["reference", "triton"]:
+        fn = lif_multistep_reference if backend == "reference" else lambda *a, **k: lif_multistep(*a, backend="triton", **k)
+        s, v = fn(x, v_init, **leak_kw, v_threshold=0.5)
+        loss = (s * torch.linspace(-1, 1, s.shape[-1], device=device)).sum() if which == "spikes" else (v * v).sum()
+        out[backend] = torch.autograd.grad(loss, [x, v_init, leak_kw["tau"]])
+    for a, b in zip(out["triton"], out["reference"]):
+        assert_rel_close(a, b, TOL, "grad")
+
+
+def test_triton_no_grad_path_saves_nothing(device):
+    x = torch.randn(4, 100, device=device)
+    with torch.no_grad():
+        s, v = lif_multistep(x, backend="triton")
+    s_ref, v_ref = lif_multistep(x, backend="torch")
+    assert_equal(s, s_ref, "spikes")
+    assert not s.requires_grad
+
+
+def test_default_v_init_is_v_reset(device):
+    x = torch.full((1, 4), 0.1, device=device)
+    # hard reset to -1: H = -1 + (0.1 - (-1 - -1)) / 2 = -0.95
+    _, v = lif_multistep(x, tau=2.0, v_reset=-1.0, backend="torch")
+    assert torch.allclose(v, torch.full_like(v, -0.95))
+    _, v = lif_multistep(x, tau=2.0, v_reset=None, backend="torch")  # soft: starts at 0
+    assert torch.allclose(v, torch.full_like(v, 0.05))
+
+
+def test_fire_at_threshold_exactly(device):
+    """Θ(0) = 1: H equal to the threshold fires."""
+    x = torch.tensor([[1.0, 0.999999]], device=device)
+    for backend in ["torch", "triton"]:
+        s, _ = lif_multistep(x, tau=None, v_threshold=1.0, backend=backend)
+        assert s.tolist() == [[1.0, 0.0]]
+
+
+# ---------------------------------------------------------------- against spikingjelly 2.0.0
+
+sj = pytest.importorskip("spikingjelly.activation_based.neuron", reason="spikingjelly==2.0.0 is a test dependency")
+from spikingjelly.activation_based import surrogate as sj_surrogate  # noqa: E402
+
+SJ_SURROGATES = {
+    "sigmoid": sj_surrogate.Sigmoid, "atan": sj_surrogate.ATan, "piecewise_quadratic": sj_surrogate.PiecewiseQuadratic,
+    "erf": sj_surrogate.Erf, "piecewise_exp": sj_surrogate.PiecewiseExp, "soft_sign": sj_surrogate.SoftSign,
+    "super_spike": sj_surrogate.SuperSpike,
+}
+
+
+def test_default_alphas_are_spikingjelly_defaults():
+    for name, cls in SJ_SURROGATES.items():
+        assert cls().alpha == SURROGATES[name][1], name
+
+
+SJ_GRID = [c for c in itertools.product(["LIF", "IF", "PLIF"], [True, False], [0.0, None], [False, True], list(SJ_SURROGATES))
+           if not (c[0] == "IF" and not c[1])]
+
+
+@pytest.mark.parametrize("kind,decay_input,v_reset,detach_reset,surrogate", SJ_GRID,
+                         ids=[f"{k}-di{int(d)}-{'soft' if r is None else 'hard'}-det{int(dr)}-{s}" for k, d, r, dr, s in SJ_GRID])
+def test_reference_and_triton_match_spikingjelly(kind, decay_input, v_reset, detach_reset, surrogate):
+    torch.manual_seed(7)
+    T, shape = 6, (3, 97)
+    alpha = {"sigmoid": 3.0, "atan": 2.5, "piecewise_quadratic": 2.0}.get(surrogate)
+    sg = SJ_SURROGATES[surrogate](alpha=alpha) if alpha else SJ_SURROGATES[surrogate]()
+    common = dict(v_threshold=0.5, v_reset=v_reset, surrogate_function=sg, detach_reset=detach_reset, step_mode="m",
+                  store_v_seq=True)
+    if kind == "LIF":
+        node = sj.LIFNode(tau=2.7, decay_input=decay_input, **common)
+        leak_kw = {"tau": 2.7}
+    elif kind == "IF":
+        node = sj.IFNode(**common)
+        leak_kw = {"tau": None}
+    else:
+        node = sj.ParametricLIFNode(init_tau=2.3, decay_input=decay_input, **common)
+        leak_kw = None
+    x = (torch.randn(T, *shape) * 1.2 + 0.2).requires_grad_()
+    # two calls: the state carries over, as in a module
+    sj_out, sj_vseq = [], []
+    for _ in range(2):
+        sj_out.append(node(x))
+        sj_vseq.append(node.v_seq)
+    sj_loss = sum((o * torch.randn_like(o)).sum() + (vs * vs).sum() for o, vs in zip(sj_out, sj_vseq))
+    torch.manual_seed(11)
+    w1, w2 = torch.randn_like(sj_out[0]), torch.randn_like(sj_out[0])
+    sj_loss = (sj_out[0] * w1).sum() + (sj_out[1] * w2).sum() + (sj_vseq[0] ** 2).sum() + (sj_vseq[1] ** 2).sum()
+    params = [x] + ([node.w] if kind == "PLIF" else [])
+    sj_grads = torch.autograd.grad(sj_loss, params)
+
+    for backend in ["reference", "triton"]:
+        fn = lif_multistep_reference if backend == "reference" else lambda *a, **k: lif_multistep(*a, backend="triton", **k)
+        w = node.w.detach().clone().requires_grad_() if kind == "PLIF" else None
+        kw = dict(leak_kw) if leak_kw is not None else {"decay": w.sigmoid()}
+        opts = dict(decay_input=decay_input, v_threshold=0.5, v_reset=v_reset, detach_reset=detach_reset,
+                    surrogate=surrogate, alpha=alpha, store_v_seq=True)
+        s1, vs1 = fn(x, None, **kw, **opts)
+        s2, vs2 = fn(x, vs1[-1], **kw, **opts)
+        assert_equal(s1, sj_out[0], f"{backend} spikes call 1")
+        assert_equal(s2, sj_out[1], f"{backend} spikes call 2")
+        assert_rel_close(vs1, sj_vseq[0], TOL, f"{backend} v_seq call 1")
+        assert_rel_close(vs2, sj_vseq[1], TOL, f"{backend} v_seq call 2")
+        loss = (s1 * w1).sum() + (s2 * w2).sum() + (vs1**2).sum() + (vs2**2).sum()
+        grads = torch.autograd.grad(loss, [x] + ([w] if kind == "PLIF" else []))
+        for i, (a, b) in enumerate(zip(grads, sj_grads)):
+            assert_rel_close(a, b, TOL, f"{backend} grad[{i}]")
+
+
+# ---------------------------------------------------------------- bad input
+
+@pytest.mark.parametrize("kwargs,exc,match", [
+    (dict(x_seq=torch.ones(3, 4, dtype=torch.int32)), TypeError, "x_seq has dtype torch.int32"),
+    (dict(x_seq=torch.ones(3, 4, dtype=torch.bool)), TypeError, "x_seq has dtype torch.bool"),
+    (dict(x_seq=torch.ones(0, 4)), ValueError, "T >= 1"),
+    (dict(x_seq=torch.tensor(1.0)), ValueError, "T >= 1"),
+    (dict(v_init=torch.zeros(5)), ValueError, "v_init has shape"),
+    (dict(tau=1.0), ValueError, "tau must be > 1"),
+    (dict(tau=0.5), ValueError, "tau must be > 1"),
+    (dict(tau=float("inf")), ValueError, "tau must be finite"),
+    (dict(tau=float("nan")), ValueError, "tau must be finite"),
+    (dict(tau="2"), TypeError, "tau must be a float"),
+    (dict(tau=torch.ones(3)), ValueError, "0-dim"),
+    (dict(surrogate="relu"), ValueError, "sigmoid, atan, piecewise_quadratic"),
+    (dict(alpha=-1.0), ValueError, "alpha must be > 0"),
+    (dict(v_threshold=None), TypeError, "v_threshold must be a float"),
+    (dict(backend="cupy"), ValueError, "backend='cupy' is not supported"),
+    (dict(decay_input=1), TypeError, "decay_input must be a bool"),
+    (dict(decay=torch.tensor(0.5), tau=3.0), ValueError, "not both"),
+])
+def test_bad_input_raises_clear_error(kwargs, exc, match):
+    args = dict(x_seq=torch.ones(3, 4), v_init=None)
+    args.update(kwargs)
+    with pytest.raises(exc, match=match):
+        lif_multistep(args.pop("x_seq"), args.pop("v_init"), **args)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device to place v_init elsewhere")
+def test_v_init_on_other_device_raises():
+    with pytest.raises(ValueError, match="v_init is on"):
+        lif_multistep(torch.ones(3, 4, device="cuda"), torch.zeros(4))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.get_device_properties(0).total_memory < 40e9,
+                    reason="64-bit offsets need T * N > 2**31 elements: a GPU with >= 40 GB")
+def test_triton_64bit_offsets():
+    """T * N > 2**31: the last neurons (which need 64-bit offsets) match the reference run on
+    them alone (neurons are independent)."""
+    T, N = 9, 2**28 + 1000
+    x = torch.randn(T, N, device="cuda", dtype=torch.bfloat16)
+    s, v = lif_multistep(x, backend="triton", v_threshold=0.5)
+    tail = x[:, -5000:].contiguous()
+    s_ref, v_ref = lif_multistep_reference(tail, v_threshold=0.5)
+    assert_equal(s[:, -5000:], s_ref, "spikes")
+    assert_rel_close(v[-5000:], v_ref, TOL, "v")
+    del s, v
+    xg = x.requires_grad_()
+    s, v = lif_multistep(xg, backend="triton", v_threshold=0.5)
+    (gx,) = torch.autograd.grad(v.sum(), xg)
+    tail_g = tail.float().requires_grad_()
+    _, v_ref = lif_multistep_reference(tail_g, v_threshold=0.5)
+    (gx_ref,) = torch.autograd.grad(v_ref.sum(), tail_g)
+    assert_within_one_rounding(gx[:, -5000:], gx_ref, "grad_x")
+
+
+def test_v_init_on_meta_device_raises():
+    with pytest.raises(ValueError, match="v_init is on meta"):
+        lif_multistep(torch.ones(3, 4), torch.zeros(4, device="meta"))
+
+
+def test_triton_on_cpu_without_interpreter_says_how(monkeypatch):
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    with pytest.raises(RuntimeError, match="TRITON_INTERPRET=1"):
+        lif_multistep(torch.ones(3, 4), backend="triton")
+
+
+def test_auto_backend_on_cpu_runs():
+    s, v = lif_multistep(torch.ones(3, 4))
+    assert s.shape == (3, 4) and v.shape == (4,)

@@ -1,0 +1,90 @@
+"""Fused multi-step LIF / IF / parametric LIF neurons."""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+from .._backends import resolve_backend
+from .config import LEAK_MUL, LIFConfig, check_backend, parse_lif_args
+from .reference import lif_multistep_reference, lif_reference_forward
+from .surrogate import SURROGATES
+
+__all__ = ["lif_multistep", "lif_multistep_reference", "SURROGATES"]
+
+
+def _extension_reason(kind: str, x: torch.Tensor) -> Optional[str]:
+    from .. import _ext
+
+    return _ext.unavailable_reason(kind, x, "lif")
+
+
+def lif_multistep(
+    x_seq: torch.Tensor,
+    v_init: Optional[torch.Tensor] = None,
+    *,
+    tau=2.0,
+    v_threshold: float = 1.0,
+    v_reset: Optional[float] = 0.0,
+    decay_input: bool = True,
+    detach_reset: bool = False,
+    surrogate: str = "sigmoid",
+    alpha: Optional[float] = None,
+    store_v_seq: bool = False,
+    backend: str = "auto",
+    decay: Optional[torch.Tensor] = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Multi-step LIF neuron over all T steps: spikingjelly 2.0.0's LIFNode / IFNode /
+    ParametricLIFNode (``step_mode='m'``), fused.
+
+    Per step, with ``V_r = v_reset`` (0 in the charge for soft reset):
+    ``H = V + (X - (V - V_r)) / tau`` (``decay_input``) or ``V - (V - V_r) / tau + X``;
+    ``H = V + X`` for IF; ``S = (H >= v_threshold)``; hard reset ``V = S ? V_r : H``, soft
+    reset ``V = H - S * v_threshold``. The backward uses the surrogate's derivative at
+    ``H - v_threshold``. State and arithmetic are fp32 whatever the input dtype.
+
+    Args:
+        x_seq: ``[T, *]`` float32/float16/bfloat16 input current, any strides, ``T >= 1``.
+        v_init: ``[*]`` initial membrane potential, or None (``v_reset``; 0.0 for soft reset).
+        tau: float > 1 (LIF); a 0-dim tensor (learnable, gets a gradient); None for IF.
+        v_threshold: firing threshold.
+        v_reset: hard-reset value, or None for soft reset (subtract the threshold).
+        decay_input: whether the input is divided by tau too.
+        detach_reset: the spike in the reset carries no gradient.
+        surrogate: one of ``SURROGATES`` (sigmoid, atan, piecewise_quadratic, erf,
+            piecewise_exp, soft_sign, super_spike).
+        alpha: surrogate sharpness; None takes spikingjelly 2.0.0's default for it.
+        store_v_seq: return ``v`` at every step ``[T, *]`` instead of the final ``[*]``.
+        backend: "auto" | "triton" | "cuda" | "cpp" | "torch" (the eager reference).
+        decay: 0-dim tensor ``1/tau`` used directly (ParametricLIFNode's ``sigmoid(w)``);
+            replaces ``tau``.
+
+    Returns:
+        ``(spikes, v)``: spikes ``[T, *]`` in x_seq's dtype; v fp32, ``[T, *]`` (after reset,
+        every step) if ``store_v_seq`` else the final ``[*]``.
+
+    The fused backends save for backward one fp32 ``[T, *]`` tensor (``H``), and reference
+    ``x_seq`` and ``v_init`` only for a learnable leak with ``decay_input``.
+
+    Example::
+
+        >>> x = torch.randn(8, 32, 128, device="cuda")
+        >>> spikes, v = lif_multistep(x, tau=2.0, v_threshold=0.5, surrogate="piecewise_quadratic", alpha=2.0)
+    """
+    cfg, decay_tensor = parse_lif_args(
+        x_seq, v_init, tau, decay, v_threshold, v_reset, decay_input, detach_reset, surrogate, alpha, store_v_seq
+    )
+    return _dispatch(x_seq, v_init, decay_tensor, cfg, check_backend(backend))
+
+
+def _dispatch(x_seq, v_init, decay, cfg: LIFConfig, backend: str):
+    name = resolve_backend(backend, x_seq, "lif_multistep", _extension_reason)
+    if name == "torch":
+        return lif_reference_forward(x_seq, v_init, decay, cfg)
+    if name == "triton":
+        from .triton import LIFTritonFunction
+
+        return LIFTritonFunction.apply(x_seq, v_init, decay, cfg)
+    from .extension import lif_extension_forward
+
+    return lif_extension_forward(name, x_seq, v_init, decay, cfg)

@@ -1,0 +1,115 @@
+"""Parse and check the arguments of ``lif_multistep`` once, for every backend."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+
+from .._checks import check_choice, check_float_tensor, check_real
+from .surrogate import SURROGATES, default_alpha, surrogate_id
+
+# How the leak enters the charge step; a compile-time constant of every kernel.
+LEAK_IF, LEAK_DIV, LEAK_MUL = 0, 1, 2
+
+
+@dataclass(frozen=True)
+class LIFConfig:
+    """Everything but the tensors. ``leak``: LEAK_IF (no leak), LEAK_DIV (``/ tau``, a float),
+    LEAK_MUL (``* decay``, a 0-dim tensor, learnable)."""
+
+    leak: int
+    tau: float  # used by LEAK_DIV only
+    decay_input: bool
+    v_threshold: float
+    v_reset: Optional[float]  # None = soft reset
+    detach_reset: bool
+    surrogate: str
+    alpha: float
+    store_v_seq: bool
+
+    @property
+    def soft_reset(self) -> bool:
+        return self.v_reset is None
+
+    @property
+    def reset_value(self) -> float:
+        """V_r in the charge step and the initial state: 0 for soft reset."""
+        return 0.0 if self.v_reset is None else self.v_reset
+
+    @property
+    def surrogate_id(self) -> int:
+        return surrogate_id(self.surrogate)
+
+
+def parse_lif_args(
+    x_seq, v_init, tau, decay, v_threshold, v_reset, decay_input, detach_reset, surrogate, alpha, store_v_seq,
+    allow_float64: bool = False,
+) -> tuple[LIFConfig, Optional[torch.Tensor]]:
+    """Check every argument; return the config and the fp32 0-dim decay tensor (LEAK_MUL) or None.
+    ``allow_float64`` lets the reference run in fp64, an extra-precise oracle for tests."""
+    check_float_tensor("x_seq", x_seq, allow_float64)
+    if x_seq.dim() < 1 or x_seq.shape[0] < 1:
+        raise ValueError(
+            f"x_seq must have shape [T, *] with T >= 1, got shape {tuple(x_seq.shape)}"
+        )
+    if v_init is not None:
+        check_float_tensor("v_init", v_init, allow_float64)
+        if tuple(v_init.shape) != tuple(x_seq.shape[1:]):
+            raise ValueError(
+                f"v_init has shape {tuple(v_init.shape)} but x_seq[0] has shape {tuple(x_seq.shape[1:])}; "
+                "v_init must be one step of the state (or None)"
+            )
+        if v_init.device != x_seq.device:
+            raise ValueError(
+                f"v_init is on {v_init.device} but x_seq is on {x_seq.device}; move it with v_init.to(x_seq.device)"
+            )
+    for name, flag in (("decay_input", decay_input), ("detach_reset", detach_reset), ("store_v_seq", store_v_seq)):
+        if not isinstance(flag, bool):
+            raise TypeError(f"{name} must be a bool, got {type(flag).__name__} {flag!r}")
+    v_threshold = check_real("v_threshold", v_threshold)
+    v_reset = check_real("v_reset", v_reset, allow_none=True)
+    if not isinstance(surrogate, str) or surrogate not in SURROGATES:
+        raise ValueError(f"surrogate={surrogate!r} is unknown; choose one of {', '.join(SURROGATES)}")
+    if alpha is None:
+        alpha = default_alpha(surrogate)
+    alpha = check_real("alpha", alpha)
+    if alpha <= 0:
+        raise ValueError(f"alpha must be > 0, got {alpha}")
+
+    decay_tensor = None
+    tau_float = 0.0
+    if decay is not None:
+        if tau is not None and not (isinstance(tau, (int, float)) and float(tau) == 2.0):
+            raise ValueError("give either tau or decay (= 1/tau), not both")
+        decay_tensor = _check_scalar_tensor("decay", decay, x_seq)
+        leak = LEAK_MUL
+    elif tau is None:
+        leak = LEAK_IF
+    elif isinstance(tau, torch.Tensor):
+        tau_tensor = _check_scalar_tensor("tau", tau, x_seq)
+        # The kernels multiply by 1/tau; autograd carries the gradient from decay back to tau.
+        decay_tensor = tau_tensor.reciprocal()
+        leak = LEAK_MUL
+    else:
+        tau_float = check_real("tau", tau)
+        if not tau_float > 1.0:
+            raise ValueError(f"tau must be > 1 (LIF), got {tau_float}; pass tau=None for IF (no leak)")
+        leak = LEAK_DIV
+    cfg = LIFConfig(leak, tau_float, decay_input, v_threshold, v_reset, detach_reset, surrogate, alpha, store_v_seq)
+    return cfg, decay_tensor
+
+
+def _check_scalar_tensor(name: str, value, x_seq: torch.Tensor) -> torch.Tensor:
+    if not isinstance(value, torch.Tensor) or not value.is_floating_point():
+        raise TypeError(f"{name} must be a float or a 0-dim floating tensor, got {value!r}")
+    if value.numel() != 1:
+        raise ValueError(f"{name} must be a 0-dim tensor (one value for the layer), got shape {tuple(value.shape)}")
+    if value.device != x_seq.device:
+        raise ValueError(f"{name} is on {value.device} but x_seq is on {x_seq.device}; move it with .to(x_seq.device)")
+    return value.reshape(()).float()
+
+
+def check_backend(backend) -> str:
+    return check_choice("backend", backend, ("auto", "triton", "cuda", "cpp", "torch"))

@@ -1,0 +1,307 @@
+"""Fused multi-step LIF in Triton: one launch runs charge/fire/reset over all T, one launch runs
+the surrogate-gradient backward over all T in reverse.
+
+Layout: the input is viewed as ``[T, N]`` (time stride free, each step contiguous). One program
+owns ``BLOCK`` neurons and walks time in a loop, so the state stays in registers, every input
+element is read once and every output element written once, and a new T does not recompile.
+Options that change the code path are ``tl.constexpr``.
+
+Saved for backward: ``h`` (the charged potential ``H``, fp32 ``[T, N]``, 4 bytes per neuron
+per step), plus ``x_seq`` (referenced, not copied) and ``v_init`` when the leak is learnable
+with ``decay_input``.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import triton
+import triton.language as tl
+
+from .config import LEAK_DIV, LEAK_IF, LEAK_MUL, LIFConfig
+
+# One config: the interpreter cannot autotune, and a memory-bound elementwise recurrence gains
+# little from tuning beyond a large block with 16-byte accesses.
+BLOCK = 1024
+NUM_WARPS = 4
+
+
+@triton.jit
+def _charge(v, x, tau, decay, v_r, LEAK: tl.constexpr, DECAY_INPUT: tl.constexpr):
+    # Same operation order as spikingjelly's reference, so fp32 results agree bit for bit.
+    if LEAK == 0:
+        h = v + x
+    elif LEAK == 1:
+        if DECAY_INPUT:
+            h = v + tl.math.div_rn(x - (v - v_r), tau)
+        else:
+            h = v - tl.math.div_rn(v - v_r, tau) + x
+    else:
+        if DECAY_INPUT:
+            h = v + (x - (v - v_r)) * decay
+        else:
+            h = v - (v - v_r) * decay + x
+    return h
+
+
+@triton.jit
+def _reset(h, spike, v_threshold, v_r, SOFT_RESET: tl.constexpr):
+    if SOFT_RESET:
+        v = tl.where(spike, h - v_threshold, h)
+    else:
+        v = tl.where(spike, v_r, h)
+    return v
+
+
+@triton.jit
+def _surrogate_grad(x, alpha, SURROGATE: tl.constexpr):
+    # g'(x) of spikingjelly 2.0.0's surrogates; ids from surrogate.SURROGATES.
+    if SURROGATE == 0:  # sigmoid
+        s = tl.sigmoid(x * alpha)
+        g = (1.0 - s) * s * alpha
+    elif SURROGATE == 1:  # atan
+        a = alpha * 0.5
+        ax = 3.141592653589793 * a * x
+        g = a / (1.0 + ax * ax)
+    elif SURROGATE == 2:  # piecewise_quadratic
+        x_abs = tl.abs(x)
+        g = tl.where(x_abs > 1.0 / alpha, 0.0, -(alpha * alpha) * x_abs + alpha)
+    elif SURROGATE == 3:  # erf
+        ax = x * alpha
+        g = tl.exp(-(ax * ax)) * (alpha * 0.5641895835477563)
+    elif SURROGATE == 4:  # piecewise_exp
+        g = alpha * 0.5 * tl.exp(-alpha * tl.abs(x))
+    elif SURROGATE == 5:  # soft_sign
+        z = 1.0 / alpha + tl.abs(x)
+        g = 1.0 / (2.0 * alpha * (z * z))
+    else:  # super_spike
+        z = tl.abs(x) + 1.0
+        g = alpha / (z * z)
+    return g
+
+
+@triton.jit
+def _lif_forward_kernel(
+    x_ptr, v_init_ptr, decay_ptr, spike_ptr, v_ptr, h_ptr,
+    T, N, stride_xt,
+    tau, v_threshold, v_r,
+    HAS_V_INIT: tl.constexpr, LEAK: tl.constexpr, DECAY_INPUT: tl.constexpr,
+    SOFT_RESET: tl.constexpr, STORE_V_SEQ: tl.constexpr, SAVE_H: tl.constexpr,
+    BLOCK: tl.constexpr,
+):
+    pid = tl.program_id(0).to(tl.int64)
+    offs = pid * BLOCK + tl.arange(0, BLOCK)  # int64: T * N may pass 2**31
+    mask = offs < N
+    if HAS_V_INIT:
+        v = tl.load(v_init_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+    else:
+        v = tl.zeros([BLOCK], dtype=tl.float32) + v_r
+    decay = 0.0
+    if LEAK == 2:
+        decay = tl.load(decay_ptr).to(tl.float32)
+    x_row = x_ptr + offs
+    out_row = offs
+    for _ in range(T):
+        x = tl.load(x_row, mask=mask, other=0.0).to(tl.float32)
+        h = _charge(v, x, tau, decay, v_r, LEAK, DECAY_INPUT)
+        spike = h >= v_threshold
+        v = _reset(h, spike, v_threshold, v_r, SOFT_RESET)
+        # via fp32: the interpreter mis-sizes a bool -> bf16 cast (triton 3.8)
+        spike_f = tl.where(spike, 1.0, 0.0)
+        tl.store(spike_ptr + out_row, spike_f.to(spike_ptr.dtype.element_ty), mask=mask)
+        if SAVE_H:
+            tl.store(h_ptr + out_row, h, mask=mask)
+        if STORE_V_SEQ:
+            tl.store(v_ptr + out_row, v, mask=mask)
+        x_row += stride_xt
+        out_row += N
+    if not STORE_V_SEQ:
+        tl.store(v_ptr + offs, v, mask=mask)
+
+
+@triton.jit
+def _lif_backward_kernel(
+    grad_spike_ptr, grad_v_ptr, h_ptr, x_ptr, v_init_ptr, decay_ptr,
+    grad_x_ptr, grad_v_init_ptr, grad_decay_partial_ptr,
+    T, N, stride_xt, last_row, last_x_row,
+    tau, v_threshold, v_r, alpha,
+    HAS_GRAD_SPIKE: tl.constexpr, HAS_GRAD_V: tl.constexpr, HAS_V_INIT: tl.constexpr,
+    LEAK: tl.constexpr, DECAY_INPUT: tl.constexpr, SOFT_RESET: tl.constexpr,
+    DETACH_RESET: tl.constexpr, SURROGATE: tl.constexpr, STORE_V_SEQ: tl.constexpr,
+    GRAD_DECAY: tl.constexpr, BLOCK: tl.constexpr,
+):
+    pid = tl.program_id(0).to(tl.int64)
+    offs = pid * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < N
+    decay = 0.0
+    if LEAK == 2:
+        decay = tl.load(decay_ptr).to(tl.float32)
+    # grad of the loss w.r.t. V[t] arriving from step t + 1 (and from the final-v output).
+    grad_v_next = tl.zeros([BLOCK], dtype=tl.float32)
+    if HAS_GRAD_V:
+        if not STORE_V_SEQ:
+            grad_v_next = tl.load(grad_v_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+    # The leak's gradient sums T * N terms of both signs; fp64 keeps the sum accurate.
+    grad_decay_acc = tl.zeros([BLOCK], dtype=tl.float64)
+    row = last_row + offs  # last_row = (T - 1) * N, computed on the host in 64 bits
+    h = tl.load(h_ptr + row, mask=mask, other=0.0)
+    x_row = last_x_row + offs
+    for i in range(T):
+        t = T - 1 - i
+        gv = grad_v_next
+        if HAS_GRAD_V:
+            if STORE_V_SEQ:
+                gv += tl.load(grad_v_ptr + row, mask=mask, other=0.0).to(tl.float32)
+        u = h - v_threshold
+        sg = _surrogate_grad(u, alpha, SURROGATE)
+        spike = h >= v_threshold
+        # dV[t]/dH[t] through the reset
+        if SOFT_RESET:
+            if DETACH_RESET:
+                dv_dh = tl.full([BLOCK], 1.0, tl.float32)
+            else:
+                dv_dh = 1.0 - v_threshold * sg
+        else:
+            dv_dh = tl.where(spike, 0.0, 1.0)
+            if not DETACH_RESET:
+                dv_dh = dv_dh + (v_r - h) * sg
+        gh = gv * dv_dh
+        if HAS_GRAD_SPIKE:
+            gs = tl.load(grad_spike_ptr + row, mask=mask, other=0.0).to(tl.float32)
+            gh = gs * sg + gh
+        if LEAK == 0:
+            gx = gh
+            grad_v_next = gh
+        elif LEAK == 1:
+            gh_tau = tl.math.div_rn(gh, tau)
+            gx = gh_tau if DECAY_INPUT else gh
+            grad_v_next = gh - gh_tau
+        else:
+            gh_k = gh * decay
+            gx = gh_k if DECAY_INPUT else gh
+            grad_v_next = gh - gh_k
+        tl.store(grad_x_ptr + row, gx.to(grad_x_ptr.dtype.element_ty), mask=mask)
+        # H[t-1] is needed next iteration anyway; load it now for V[t-1] (the learnable leak's factor).
+        if t > 0:
+            h = tl.load(h_ptr + row - N, mask=mask, other=0.0)
+        if GRAD_DECAY:
+            if t > 0:
+                v_prev = _reset(h, h >= v_threshold, v_threshold, v_r, SOFT_RESET)
+            else:
+                if HAS_V_INIT:
+                    v_prev = tl.load(v_init_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+                else:
+                    v_prev = tl.zeros([BLOCK], dtype=tl.float32) + v_r
+            if DECAY_INPUT:
+                x = tl.load(x_ptr + x_row, mask=mask, other=0.0).to(tl.float32)
+                factor = x - (v_prev - v_r)
+            else:
+                factor = -(v_prev - v_r)
+            grad_decay_acc += tl.where(mask, gh * factor, 0.0).to(tl.float64)
+        row -= N
+        x_row -= stride_xt
+    tl.store(grad_v_init_ptr + offs, grad_v_next, mask=mask)
+    if GRAD_DECAY:
+        tl.store(grad_decay_partial_ptr + pid, tl.sum(grad_decay_acc, axis=0))
+
+
+def _as_rows(x_seq: torch.Tensor) -> tuple[torch.Tensor, int, int]:
+    """View ``x_seq`` as [T, N] rows without copying when each step is contiguous."""
+    T = x_seq.shape[0]
+    step = x_seq[0]
+    if not step.is_contiguous():
+        x_seq = x_seq.contiguous()
+    N = step.numel()
+    stride_t = x_seq.stride(0) if T > 1 else N
+    return x_seq, N, stride_t
+
+
+def lif_forward_triton(
+    x_seq: torch.Tensor, v_init: Optional[torch.Tensor], decay: Optional[torch.Tensor], cfg: LIFConfig,
+    save_h: bool,
+) -> tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor]]:
+    """Launch the forward. Returns spikes [T, *] (x dtype), v ([T, *] or [*], fp32), h [T, *] fp32 or None."""
+    x_rows, N, stride_t = _as_rows(x_seq)
+    T = x_seq.shape[0]
+    shape = x_seq.shape
+    spikes = torch.empty(shape, dtype=x_seq.dtype, device=x_seq.device)
+    v_out = torch.empty(shape if cfg.store_v_seq else shape[1:], dtype=torch.float32, device=x_seq.device)
+    h = torch.empty(shape, dtype=torch.float32, device=x_seq.device) if save_h else None
+    v_init_c = v_init.contiguous() if v_init is not None else None
+    grid = (triton.cdiv(N, BLOCK),)
+    if N > 0:
+        _lif_forward_kernel[grid](
+            x_rows, v_init_c, decay, spikes, v_out, h,
+            T, N, stride_t,
+            cfg.tau, cfg.v_threshold, cfg.reset_value,
+            HAS_V_INIT=v_init is not None, LEAK=cfg.leak, DECAY_INPUT=cfg.decay_input,
+            SOFT_RESET=cfg.soft_reset, STORE_V_SEQ=cfg.store_v_seq, SAVE_H=save_h,
+            BLOCK=BLOCK, num_warps=NUM_WARPS, enable_fp_fusion=False,
+        )
+    return spikes, v_out, h
+
+
+def lif_backward_triton(
+    grad_spikes: Optional[torch.Tensor], grad_v: Optional[torch.Tensor], h: torch.Tensor,
+    x_seq: Optional[torch.Tensor], v_init: Optional[torch.Tensor], decay: Optional[torch.Tensor],
+    cfg: LIFConfig, x_dtype: torch.dtype, need_grad_decay: bool,
+) -> tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor]]:
+    """Launch the backward. Returns grad_x [T, *] (x dtype), grad_v_init [*] fp32, grad_decay 0-dim or None."""
+    T, N = h.shape[0], h[0].numel()
+    device = h.device
+    grad_x = torch.empty(h.shape, dtype=x_dtype, device=device)
+    grad_v_init = torch.empty(h.shape[1:], dtype=torch.float32, device=device)
+    grid = (triton.cdiv(N, BLOCK),)
+    grad_decay_partial = torch.empty(grid[0] if need_grad_decay else 1, dtype=torch.float64, device=device)
+    if grad_spikes is not None:
+        grad_spikes = grad_spikes.contiguous()
+    if grad_v is not None:
+        grad_v = grad_v.contiguous()
+    stride_t = N
+    if need_grad_decay and cfg.decay_input:
+        x_seq, _, stride_t = _as_rows(x_seq)
+    if N > 0:
+        _lif_backward_kernel[grid](
+            grad_spikes, grad_v, h, x_seq, v_init, decay,
+            grad_x, grad_v_init, grad_decay_partial,
+            T, N, stride_t, (T - 1) * N, (T - 1) * stride_t,
+            cfg.tau, cfg.v_threshold, cfg.reset_value, cfg.alpha,
+            HAS_GRAD_SPIKE=grad_spikes is not None, HAS_GRAD_V=grad_v is not None,
+            HAS_V_INIT=v_init is not None, LEAK=cfg.leak, DECAY_INPUT=cfg.decay_input,
+            SOFT_RESET=cfg.soft_reset, DETACH_RESET=cfg.detach_reset, SURROGATE=cfg.surrogate_id,
+            STORE_V_SEQ=cfg.store_v_seq, GRAD_DECAY=need_grad_decay,
+            BLOCK=BLOCK, num_warps=NUM_WARPS, enable_fp_fusion=False,
+        )
+    grad_decay = grad_decay_partial.sum().float() if need_grad_decay else None
+    if N == 0:
+        grad_x.zero_()
+        grad_v_init.zero_()
+        grad_decay = torch.zeros((), device=device) if need_grad_decay else None
+    return grad_x, grad_v_init, grad_decay
+
+
+class LIFTritonFunction(torch.autograd.Function):
+    """Autograd over the two Triton launches. Inputs: x_seq [T, *], v_init [*] or None,
+    decay 0-dim fp32 or None (LEAK_MUL), cfg."""
+
+    @staticmethod
+    def forward(ctx, x_seq, v_init, decay, cfg: LIFConfig):
+        needs_grad = any(ctx.needs_input_grad[:3])
+        spikes, v, h = lif_forward_triton(x_seq, v_init, decay, cfg, save_h=needs_grad)
+        need_grad_decay = cfg.leak == LEAK_MUL and ctx.needs_input_grad[2]
+        saved_x = x_seq if need_grad_decay and cfg.decay_input else None
+        saved_v_init = v_init if need_grad_decay else None
+        ctx.save_for_backward(h, saved_x, saved_v_init, decay)
+        ctx.cfg, ctx.x_dtype, ctx.need_grad_decay = cfg, x_seq.dtype, need_grad_decay
+        ctx.set_materialize_grads(False)
+        return spikes, v
+
+    @staticmethod
+    def backward(ctx, grad_spikes, grad_v):
+        h, x_seq, v_init, decay = ctx.saved_tensors
+        grad_x, grad_v_init, grad_decay = lif_backward_triton(
+            grad_spikes, grad_v, h, x_seq, v_init, decay, ctx.cfg, ctx.x_dtype, ctx.need_grad_decay
+        )
+        if not ctx.needs_input_grad[1]:
+            grad_v_init = None
+        return grad_x, grad_v_init, grad_decay, None
