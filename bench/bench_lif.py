@@ -1,0 +1,569 @@
+"""Benchmark the multi-step LIF neuron: forward, backward and forward+backward, every provider
+side by side on one device.
+
+Providers (each is skipped, with the library's own reason printed, when it cannot run here):
+  eager      tks_kernels.lif_multistep(backend="torch"): the package's eager fp32 reference loop
+  compile    torch.compile of that reference (tks_kernels.lif.reference.lif_reference_forward)
+  triton     tks_kernels.lif_multistep(backend="triton")
+  cuda       tks_kernels.lif_multistep(backend="cuda")
+  cpp        tks_kernels.lif_multistep(backend="cpp")
+  sj-<impl>  spikingjelly 2.0.0 activation_based.functional.lif_multi_step (what LIFNode(step_mode='m')
+             runs) with fp32 state. On CUDA each implementation (cuda, triton, torch) is forced with
+             SJ_LIF_CUDA_IMPLEMENTATION, which spikingjelly reads once at import: one subprocess each.
+             On CPU spikingjelly always runs its torch reference: sj-torch.
+
+Neuron settings: tau=2, v_threshold=0.5, v_reset=0 (hard), decay_input, surrogate piecewise
+quadratic with alpha=2 (the TKS authors'); input x ~ N(0, 1) of shape [T, N]; the upstream
+gradient is a fixed random [T, N] tensor for the spikes (the final v gets none, as in a network).
+
+Usage:  python bench/bench_lif.py [--quick] [--out DIR]   (see bench/README.md)
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import torch  # noqa: E402
+
+import common as C  # noqa: E402
+
+LIF_KWARGS = dict(tau=2.0, v_threshold=0.5, v_reset=0.0, decay_input=True, detach_reset=False,
+                  surrogate="piecewise_quadratic", alpha=2.0)
+PASSES = ("fwd", "bwd", "fwd+bwd")
+OUR_FUSED = ("triton", "cuda", "cpp")
+SJ_IMPLS = ("cuda", "triton", "torch")
+ALL_PROVIDERS = ("eager", "compile") + OUR_FUSED + tuple(f"sj-{i}" for i in SJ_IMPLS)
+PEERS = ("eager", "compile", "sj-torch", "sj-cuda", "sj-triton", "sj-best")
+SJ_ENV = "SJ_LIF_CUDA_IMPLEMENTATION"
+
+COLUMNS = (
+    ["provider", "dtype", "T", "N", "pass", "status", "median_ms", "q20_ms", "q80_ms", "bytes", "gbps",
+     "pct_copy", "copy_gbps", "saved_bytes", "saved_per_neuron_step", "x_saved", "peak_fwd_mb",
+     "peak_fwdbwd_mb", "spike_mismatch", "grad_rel_err", "compile_s"]
+    + [f"speedup_vs_{p.replace('-', '_')}" for p in PEERS]
+)
+
+BYTE_FORMULAS = {
+    "fwd": "T*N*b (read x) + T*N*b (write spikes) + T*N*4 (write H, fp32, saved for backward) + N*4 (write final v)",
+    "bwd": "T*N*b (read grad_spikes) + T*N*4 (read H) + T*N*b (write grad_x)",
+    "fwd+bwd": "fwd + bwd = T*N*(4b + 8) + 4N",
+}
+
+
+def pass_bytes(pass_name: str, T: int, N: int, in_bytes: int) -> int:
+    """Bytes a fused kernel that saves fp32 H must move, at least (``b`` = bytes of x's dtype).
+    The same count for every provider, so GB/s compares speeds on one scale."""
+    fwd = T * N * (2 * in_bytes + 4) + N * 4
+    bwd = T * N * (2 * in_bytes + 4)
+    return {"fwd": fwd, "bwd": bwd, "fwd+bwd": fwd + bwd}[pass_name]
+
+
+# --------------------------------------------------------------------------------------------
+# sweep
+
+
+def build_sweep(args, device) -> list[tuple[str, int, int]]:
+    """[(dtype name, T, N)], grouped by dtype then T so one torch.compile serves every N."""
+    gpu = device.type == "cuda"
+    if args.smoke:
+        dtypes, Ts, Ns = ["fp32"], [2], [4096]
+    elif args.quick:
+        dtypes, Ts, Ns = ["fp32"], [2, 8], ([1 << 20, 1 << 24] if gpu else [1 << 16, 1 << 20])
+    else:
+        dtypes = ["fp32", "bf16", "fp16"]
+        Ts = [1, 2, 4, 8, 16, 32]
+        Ns = [1 << 16, 1 << 20, 1 << 24] if gpu else [1 << 16, 1 << 20]
+    dtypes = C.parse_list(args.dtypes) or dtypes
+    Ts = C.parse_list(args.T, int) or Ts
+    Ns = C.parse_list(args.N, C.size_arg) or Ns
+    for d in dtypes:
+        if d not in C.DTYPES:
+            raise SystemExit(f"--dtypes: unknown dtype {d!r}; choose from {', '.join(C.DTYPES)}")
+    return [(d, T, N) for d in dtypes for T in Ts for N in Ns]
+
+
+def compile_plan(args, device) -> tuple[set, set]:
+    """(T values, dtype names) where torch.compile runs: compiling the unrolled loop takes
+    ~20-40 s per (T, dtype) on a 2-core CPU, so the default plan is small; widen it with flags."""
+    if args.smoke or args.quick:
+        Ts, dtypes = [], []
+    elif device.type == "cuda":
+        Ts, dtypes = [8], ["fp32", "bf16"]
+    else:
+        Ts, dtypes = [8], ["fp32"]
+    Ts = C.parse_list(args.compile_t, int) if args.compile_t is not None else Ts
+    dtypes = C.parse_list(args.compile_dtypes) if args.compile_dtypes is not None else dtypes
+    return set(Ts or []), set(dtypes or [])
+
+
+# --------------------------------------------------------------------------------------------
+# providers: each returns forward(x) -> spikes, or raises with the reason it cannot run
+
+
+class Providers:
+    def __init__(self, device, args):
+        self.device = device
+        self.args = args
+        self.compile_T, self.compile_dtypes = compile_plan(args, device)
+        self._compiled = {}
+        self.compile_seconds = {}
+        self._sj = None
+
+    def forward(self, name: str, dtype_name: str, T: int, N: int):
+        import tks_kernels
+
+        if name == "eager":
+            return lambda x: tks_kernels.lif_multistep(x, backend="torch", **LIF_KWARGS)[0]
+        if name in OUR_FUSED:
+            if name == "triton" and self.device.type == "cpu" and not self.args.smoke:
+                raise RuntimeError(
+                    "Triton runs on CUDA tensors; on CPU only through TRITON_INTERPRET=1, whose timings "
+                    "measure the interpreter, not a kernel"
+                )
+            return lambda x: tks_kernels.lif_multistep(x, backend=name, **LIF_KWARGS)[0]
+        if name == "compile":
+            return self._compile_forward(dtype_name, T)
+        if name.startswith("sj-"):
+            return self._sj_forward(name[3:], N)
+        raise ValueError(f"unknown provider {name!r}")
+
+    def _compile_forward(self, dtype_name: str, T: int):
+        if T not in self.compile_T or dtype_name not in self.compile_dtypes:
+            raise RuntimeError(
+                f"not compiled at T={T}, {dtype_name} (plan: T in {sorted(self.compile_T)}, dtypes "
+                f"{sorted(self.compile_dtypes)}; widen with --compile-t / --compile-dtypes)"
+            )
+        key = (dtype_name, T)
+        if key not in self._compiled:
+            from tks_kernels.lif.config import parse_lif_args
+            from tks_kernels.lif.reference import lif_reference_forward
+
+            probe = torch.zeros(T, 1, device=self.device)
+            kw = LIF_KWARGS
+            cfg, _ = parse_lif_args(probe, None, kw["tau"], None, kw["v_threshold"], kw["v_reset"],
+                                    kw["decay_input"], kw["detach_reset"], kw["surrogate"], kw["alpha"], False)
+            # One graph per (T, dtype): the loop over T unrolls, N stays symbolic.
+            for attr in ("recompile_limit", "cache_size_limit"):
+                if hasattr(torch._dynamo.config, attr):
+                    setattr(torch._dynamo.config, attr, 256)
+
+            def reference(x):
+                return lif_reference_forward(x, None, None, cfg)[0]
+
+            self._compiled[key] = torch.compile(reference)
+        compiled = self._compiled[key]
+
+        def forward(x):
+            torch._dynamo.mark_dynamic(x, 1)
+            return compiled(x)
+
+        return forward
+
+    def _sj_forward(self, impl: str, N: int):
+        requested = os.environ.get(SJ_ENV, "auto")
+        if self.device.type == "cpu" and impl != "torch":
+            raise RuntimeError(f"spikingjelly runs its {impl} implementation on CUDA only; on CPU it runs torch")
+        if self.device.type == "cuda" and requested != impl:
+            raise RuntimeError(f"sj-{impl} runs in a subprocess with {SJ_ENV}={impl} (this process has {requested!r})")
+        if self._sj is None:
+            try:
+                from spikingjelly.activation_based import functional, surrogate
+            except ImportError as e:
+                raise RuntimeError(f"spikingjelly is not installed ({e}); pip install spikingjelly==2.0.0") from e
+            self._sj = (functional, surrogate.PiecewiseQuadratic(alpha=LIF_KWARGS["alpha"]))
+        functional, surrogate_fn = self._sj
+        # LIFNode keeps its state in x's dtype, which for bf16/fp16 sends it to the eager
+        # reference; the functional form with fp32 state is spikingjelly's fastest path.
+        v0 = torch.zeros(N, device=self.device, dtype=torch.float32)
+        kw = LIF_KWARGS
+
+        def forward(x):
+            return functional.lif_multi_step(
+                x, v0, tau=kw["tau"], decay_input=kw["decay_input"], v_threshold=kw["v_threshold"],
+                v_reset=kw["v_reset"], surrogate_function=surrogate_fn, detach_reset=kw["detach_reset"],
+                store_v_seq=False,
+            )[0]
+
+        return forward
+
+
+# --------------------------------------------------------------------------------------------
+# measuring one provider on one configuration
+
+
+def measure(provider: str, forward, x0, grad, reference, device, warmup_ms, rep_ms, check: bool) -> list[dict]:
+    """Rows (one per pass) for ``forward`` on input ``x0`` with upstream gradient ``grad``."""
+    T, N = x0.shape
+    x = x0.detach().clone().requires_grad_(True)
+    common = {}
+    # correctness against the eager reference, on the same input; also warms up / compiles
+    t0 = time.perf_counter()
+    spikes = forward(x)
+    (gx,) = torch.autograd.grad(spikes, x, grad)
+    C.sync(device)
+    common["compile_s"] = time.perf_counter() - t0 if provider == "compile" else float("nan")
+    if check and reference is not None:
+        ref_spikes, ref_gx = reference
+        common["spike_mismatch"] = (spikes != ref_spikes).float().mean().item()
+        common["grad_rel_err"] = ((gx.float() - ref_gx.float()).norm() / ref_gx.float().norm().clamp_min(1e-30)).item()
+    del spikes, gx
+    # memory: bytes saved for backward (unique storages but x), and peaks on CUDA
+    out, saved, x_saved = C.saved_for_backward(lambda: forward(x), x)
+    del out
+    common.update(saved_bytes=saved, saved_per_neuron_step=saved / (T * N), x_saved=x_saved)
+    out, peak = C.peak_bytes(lambda: forward(x), device)
+    del out
+    common["peak_fwd_mb"] = peak / 1e6
+    _, peak = C.peak_bytes(lambda: torch.autograd.grad(forward(x), x, grad), device)
+    common["peak_fwdbwd_mb"] = peak / 1e6
+    C.free_memory(device)
+
+    rows = []
+    fwd_bwd = lambda: torch.autograd.grad(forward(x), x, grad)  # noqa: E731
+    for pass_name in PASSES:
+        if pass_name == "fwd":
+            times = C.bench(lambda: forward(x), device, warmup_ms, rep_ms)
+        elif pass_name == "bwd":
+            spikes = forward(x)
+            times = C.bench(lambda: torch.autograd.grad(spikes, x, grad, retain_graph=True), device, warmup_ms, rep_ms)
+            del spikes
+        else:
+            times = C.bench(fwd_bwd, device, warmup_ms, rep_ms)
+        rows.append(dict(common, provider=provider, pass_=pass_name, status="ok",
+                         median_ms=times[0], q20_ms=times[1], q80_ms=times[2]))
+    C.free_memory(device)
+    return rows
+
+
+def run_sweep(args, device, providers: list[str], skips: C.SkipLog) -> list[dict]:
+    warmup_ms, rep_ms = C.timing_budget(args, device)
+    prov = Providers(device, args)
+    gen = torch.Generator(device="cpu").manual_seed(0)
+    rows = []
+    for dtype_name, T, N in build_sweep(args, device):
+        dtype = C.DTYPES[dtype_name]
+        x0 = torch.randn(T, N, generator=gen).to(device=device, dtype=dtype)
+        grad = torch.randn(T, N, generator=gen).to(device=device, dtype=dtype)
+        reference = None
+        if not args.no_check:
+            import tks_kernels
+
+            xr = x0.detach().clone().requires_grad_(True)
+            ref_spikes = tks_kernels.lif_multistep(xr, backend="torch", **LIF_KWARGS)[0]
+            reference = (ref_spikes.detach(), torch.autograd.grad(ref_spikes, xr, grad)[0])
+            del xr, ref_spikes
+        where = f"{dtype_name}, T={T}, N={N}"
+        print(f"-- {where}", flush=True)
+        for name in providers:
+            base = dict(provider=name, dtype=dtype_name, T=T, N=N)
+            try:
+                forward = prov.forward(name, dtype_name, T, N)
+                rows_p = measure(name, forward, x0, grad, reference, device, warmup_ms, rep_ms, not args.no_check)
+            except Exception as e:  # the library's own reason, printed once, recorded per row
+                if isinstance(e, torch.cuda.OutOfMemoryError) or "out of memory" in str(e).lower():
+                    status = "error: " + C.describe_error(e, 160)
+                    print(f"[error] {name} ({where}): {status}", flush=True)
+                else:
+                    status = "skipped: " + skips.skip(name, C.describe_error(e), where)
+                C.free_memory(device)
+                rows.extend(dict(base, pass_=p, status=status) for p in PASSES)
+                continue
+            for r in rows_p:
+                r.update(base)
+                print(f"   {name:<10} {r['pass_']:<8} {r['median_ms']:10.4f} ms  [{r['q20_ms']:.4f}, {r['q80_ms']:.4f}]"
+                      f"  saved {r['saved_per_neuron_step']:.2f} B/neuron/step", flush=True)
+            rows.extend(rows_p)
+        del x0, grad, reference
+        C.free_memory(device)
+    return [{("pass" if k == "pass_" else k): v for k, v in r.items()} for r in rows]
+
+
+# --------------------------------------------------------------------------------------------
+# spikingjelly implementations in subprocesses (CUDA)
+
+
+def run_sj_workers(args, device, wanted: list[str]) -> tuple[list[dict], dict]:
+    """Run each requested sj-<impl> provider in its own process with SJ_LIF_CUDA_IMPLEMENTATION set."""
+    rows, skip_reasons = [], {}
+    for name in wanted:
+        impl = name[3:]
+        with tempfile.TemporaryDirectory() as tmp:
+            out_json = os.path.join(tmp, "rows.json")
+            cmd = [sys.executable, os.path.abspath(__file__)] + _forwarded_argv() + [
+                "--providers", name, "--sj-worker", out_json]
+            env = dict(os.environ, **{SJ_ENV: impl})
+            print(f"== {name}: subprocess with {SJ_ENV}={impl}", flush=True)
+            proc = subprocess.run(cmd, env=env)
+            if proc.returncode != 0 or not os.path.exists(out_json):
+                reason = f"worker exited with status {proc.returncode} (its output is above)"
+                print(f"[error] {name}: {reason}", flush=True)
+                skip_reasons[f"{name}: error: {reason}"] = ""
+                continue
+            with open(out_json) as f:
+                payload = json.load(f)
+            rows.extend(payload["rows"])
+            skip_reasons.update(payload["skips"])
+    return rows, skip_reasons
+
+
+def _forwarded_argv() -> list[str]:
+    """This process's arguments minus --providers / --out (the worker writes JSON only)."""
+    argv, skip_next = [], False
+    for a in sys.argv[1:]:
+        if skip_next:
+            skip_next = False
+            continue
+        if a in ("--providers", "--out", "--sj-worker"):
+            skip_next = True
+            continue
+        if a.startswith(("--providers=", "--out=", "--sj-worker=")):
+            continue
+        argv.append(a)
+    return argv
+
+
+def sj_auto_choice(device) -> str:
+    try:
+        from spikingjelly.activation_based.functional import neuron_implementation
+
+        info = neuron_implementation("lif", device)
+        unavailable = "; ".join(f"{k}: {v}" for k, v in info.get("unavailable", {}).items())
+        return f"{info['implementation']}" + (f" (unavailable: {unavailable})" if unavailable else "")
+    except Exception as e:
+        return f"unknown ({C.describe_error(e, 200)})"
+
+
+# --------------------------------------------------------------------------------------------
+# derived columns, report, plot, targets
+
+
+def add_derived(rows: list[dict], copy_gbps: float) -> None:
+    groups: dict[tuple, dict[str, float]] = {}
+    for r in rows:
+        if r["status"] == "ok":
+            groups.setdefault((r["dtype"], r["T"], r["N"], r["pass"]), {})[r["provider"]] = r["median_ms"]
+    for r in rows:
+        b = C.DTYPES[r["dtype"]].itemsize
+        r["bytes"] = pass_bytes(r["pass"], r["T"], r["N"], b)
+        r["copy_gbps"] = copy_gbps
+        if r["status"] != "ok":
+            continue
+        r["gbps"] = r["bytes"] / (r["median_ms"] * 1e-3) / 1e9
+        r["pct_copy"] = 100.0 * r["gbps"] / copy_gbps
+        times = groups[(r["dtype"], r["T"], r["N"], r["pass"])]
+        sj = {p: t for p, t in times.items() if p.startswith("sj-")}
+        if sj:
+            times = dict(times, **{"sj-best": min(sj.values())})
+        for peer in PEERS:
+            if peer in times:
+                r[f"speedup_vs_{peer.replace('-', '_')}"] = times[peer] / r["median_ms"]
+
+
+def _row(rows, **match):
+    for r in rows:
+        if all(r.get(k) == v for k, v in match.items()) and r["status"] == "ok":
+            return r
+    return None
+
+
+def targets(rows: list[dict], device) -> list[C.Target]:
+    cpu, gpu = device.type == "cpu", device.type == "cuda"
+    out = []
+    r = _row(rows, provider="cpp", dtype="fp32", T=8, N=1 << 20, **{"pass": "fwd+bwd"})
+    where = "fp32, T=8, N=2^20, fwd+bwd"
+    out.append(C.Target("CPU: cpp LIF fwd+bwd speedup vs spikingjelly 2.0.0", r and r.get("speedup_vs_sj_best"), 6.0,
+                        "x", where=where if r else "cpp or sj-torch did not run at " + where, applies=cpu))
+    out.append(C.Target("CPU: cpp LIF fwd+bwd % of copy bandwidth", r and r.get("pct_copy"), 60.0, "%",
+                        where=where if r else "cpp did not run at " + where, applies=cpu))
+    for name in ("triton", "cuda"):
+        ok = [r for r in rows if r["provider"] == name and r["status"] == "ok" and r["pass"] == "fwd+bwd" and r["T"] >= 4]
+        n_max = max((r["N"] for r in ok), default=None)
+        big = [r for r in ok if r["N"] == n_max]
+        fp32 = [r for r in big if r["dtype"] == "fp32"]
+        worst = min(fp32, key=lambda r: r["pct_copy"], default=None)
+        out.append(C.Target(f"GPU: {name} LIF fwd+bwd % of copy bandwidth (fp32, worst T>=4, largest N)",
+                            worst and worst["pct_copy"], 85.0, "%",
+                            where=f"T={worst['T']}, N={worst['N']}" if worst else f"{name} did not run", applies=gpu))
+        with_sj = [r for r in big if r.get("speedup_vs_sj_best") not in (None, "")]
+        worst = min(with_sj, key=lambda r: r["speedup_vs_sj_best"], default=None)
+        out.append(C.Target(f"GPU: {name} LIF fwd+bwd speedup vs spikingjelly's fastest (worst T>=4, any dtype, largest N)",
+                            worst and worst["speedup_vs_sj_best"], 1.25, "x",
+                            where=f"{worst['dtype']}, T={worst['T']}, N={worst['N']}" if worst
+                            else f"{name} or spikingjelly did not run", applies=gpu))
+        bf16 = [r for r in rows if r["provider"] == name and r["status"] == "ok" and r["dtype"] == "bf16"]
+        worst = max(bf16, key=lambda r: r["saved_per_neuron_step"], default=None)
+        out.append(C.Target(f"GPU: {name} bytes saved for backward per neuron per step, bf16 input (max)",
+                            worst and worst["saved_per_neuron_step"], 2.0, " B", at_most=True,
+                            where=f"T={worst['T']}, N={worst['N']}" + (", x referenced too" if worst["x_saved"] else "")
+                            if worst else f"{name} did not run with bf16", applies=gpu))
+    return out
+
+
+def write_outputs(out_dir, rows, tag, copy_gbps, copy_ms, copy_bytes, providers, skip_reasons, target_md, sj_auto):
+    os.makedirs(out_dir, exist_ok=True)
+    C.write_csv(os.path.join(out_dir, "lif.csv"), rows, COLUMNS, tag)
+    md = [C.md_header("LIF benchmark: fused vs eager vs spikingjelly", tag, C.command_line())]
+    md.append(f"- copy bandwidth: **{copy_gbps:.1f} GB/s** (`dst.copy_(src)` of {copy_bytes / 2**20:.0f} MiB, "
+              f"read + written, median {copy_ms:.3f} ms)")
+    if sj_auto:
+        md.append(f"- spikingjelly's own pick on this device (SJ_LIF_CUDA_IMPLEMENTATION=auto): {sj_auto}")
+    md.append("- settings: tau=2, v_threshold=0.5, hard reset to 0, decay_input, piecewise-quadratic surrogate "
+              "alpha=2; x ~ N(0,1) [T, N]; upstream gradient on the spikes only")
+    md.append("- times: median ms [20%, 80% quantiles]; GB/s = bytes / median time, bytes (b = bytes per element of x):")
+    for p in PASSES:
+        md.append(f"  - {p}: {BYTE_FORMULAS[p]}")
+    md.append("- x speedup columns: the peer's median / this provider's median (>1: this one is faster); "
+              "sj-best = the fastest spikingjelly implementation at that point\n")
+    present = [p for p in providers if any(r["provider"] == p and r["status"] == "ok" for r in rows)]
+    fused = [p for p in OUR_FUSED if p in present]
+    keys = sorted({(r["dtype"], r["N"]) for r in rows}, key=lambda k: (list(C.DTYPES).index(k[0]), k[1]))
+    for dtype_name, N in keys:
+        for pass_name in PASSES:
+            md.append(f"### {pass_name}, {dtype_name}, N={N} (2^{N.bit_length() - 1}): median ms\n")
+            header = ["T"] + present + [f"{p} % copy" for p in fused] + [f"{p} x sj-best" for p in fused]
+            table = []
+            for T in sorted({r["T"] for r in rows if r["dtype"] == dtype_name and r["N"] == N}):
+                line = [str(T)]
+                for p in present:
+                    r = _row(rows, provider=p, dtype=dtype_name, T=T, N=N, **{"pass": pass_name})
+                    line.append(f"{C.fmt(r['median_ms'])} [{C.fmt(r['q20_ms'])}, {C.fmt(r['q80_ms'])}]" if r else "-")
+                for key in ("pct_copy", "speedup_vs_sj_best"):
+                    for p in fused:
+                        r = _row(rows, provider=p, dtype=dtype_name, T=T, N=N, **{"pass": pass_name})
+                        line.append(C.fmt(r.get(key)) if r else "-")
+                table.append(line)
+            md.append(C.md_table(header, table) + "\n")
+    md.append("### Memory and agreement with the eager reference (largest N per dtype)\n")
+    md.append("saved B/n/s: bytes saved for backward per neuron per step (unique storages, x excluded); "
+              "x saved: the graph also keeps x alive; peaks: CUDA max_memory_allocated above the inputs "
+              "(blank on CPU); spike mismatch: fraction of spikes that differ from the eager reference; "
+              "grad rel err: ||grad_x - ref|| / ||ref||.\n")
+    table = []
+    for dtype_name in sorted({r["dtype"] for r in rows}, key=list(C.DTYPES).index):
+        n_max = max(r["N"] for r in rows if r["dtype"] == dtype_name)
+        for T in sorted({r["T"] for r in rows if r["dtype"] == dtype_name}):
+            for p in present:
+                r = _row(rows, provider=p, dtype=dtype_name, T=T, N=n_max, **{"pass": "fwd"})
+                if r:
+                    table.append((dtype_name, str(T), str(n_max), p, C.fmt(r["saved_per_neuron_step"]), C.fmt(r["x_saved"]),
+                                  C.fmt(r["peak_fwd_mb"]), C.fmt(r["peak_fwdbwd_mb"]), C.fmt(r.get("spike_mismatch")),
+                                  C.fmt(r.get("grad_rel_err"))))
+    md.append(C.md_table(("dtype", "T", "N", "provider", "saved B/n/s", "x saved", "peak fwd MB", "peak fwd+bwd MB",
+                          "spike mismatch", "grad rel err"), table) + "\n")
+    if skip_reasons:
+        md.append("### Skipped providers\n")
+        for reason, where in skip_reasons.items():
+            md.append(f"- {reason}" + (f" (first at {where})" if where else ""))
+        md.append("")
+    md.append(target_md)
+    with open(os.path.join(out_dir, "lif.md"), "w") as f:
+        f.write("\n".join(md))
+    plot(os.path.join(out_dir, "lif.png"), rows, present, tag)
+
+
+def plot(path, rows, providers, tag):
+    dtypes = sorted({r["dtype"] for r in rows}, key=list(C.DTYPES).index)
+    fig, axes = C.new_figure(len(PASSES), len(dtypes))
+    for j, dtype_name in enumerate(dtypes):
+        n_max = max(r["N"] for r in rows if r["dtype"] == dtype_name)
+        for i, pass_name in enumerate(PASSES):
+            ax = axes[i][j]
+            for p in providers:
+                pts = sorted((r["T"], r["median_ms"]) for r in rows if r["provider"] == p and r["dtype"] == dtype_name
+                             and r["N"] == n_max and r["pass"] == pass_name and r["status"] == "ok")
+                if pts:
+                    ax.plot([t for t, _ in pts], [m for _, m in pts], marker="o", label=p)
+            ax.set_xscale("log", base=2)
+            ax.set_yscale("log")
+            ax.set_xlabel("T")
+            ax.set_ylabel("median ms")
+            ax.set_title(f"{pass_name}, {dtype_name}, N=2^{n_max.bit_length() - 1}", fontsize=9)
+            ax.grid(True, which="both", alpha=0.3)
+            ax.legend(fontsize=7)
+    fig.suptitle(f"LIF on {tag.name} (torch {tag.versions['torch']}, {tag.date})", fontsize=9)
+    C.save_plot(fig, path)
+    C.close_figure(fig)
+
+
+# --------------------------------------------------------------------------------------------
+
+
+def main(argv=None) -> int:
+    p = C.base_parser(__doc__.split("\n\n")[0])
+    p.add_argument("--T", default=None, help="comma-separated T values (overrides the sweep)")
+    p.add_argument("--N", default=None, help="comma-separated N values, e.g. 2^16,2^20 (overrides the sweep)")
+    p.add_argument("--dtypes", default=None, help="comma-separated: fp32,bf16,fp16 (overrides the sweep)")
+    p.add_argument("--compile-t", default=None, help="T values where torch.compile runs ('' for none)")
+    p.add_argument("--compile-dtypes", default=None, help="dtypes where torch.compile runs")
+    p.add_argument("--copy-mib", type=float, default=None, help="size of the copy-bandwidth buffer (MiB)")
+    p.add_argument("--no-check", action="store_true", help="skip the agreement check against the eager reference")
+    p.add_argument("--sj-worker", default=None, help=argparse_hidden())
+    args = p.parse_args(argv)
+    device = C.pick_device(args.device, args.threads)
+    wanted = C.parse_list(args.providers) or list(ALL_PROVIDERS)
+    unknown = [w for w in wanted if w not in ALL_PROVIDERS]
+    if unknown:
+        raise SystemExit(f"--providers: unknown {unknown}; choose from {', '.join(ALL_PROVIDERS)}")
+
+    if args.sj_worker:  # a subprocess timing one spikingjelly implementation; writes JSON rows
+        skips = C.SkipLog()
+        rows = run_sweep(args, device, wanted, skips)
+        with open(args.sj_worker, "w") as f:
+            json.dump({"rows": rows, "skips": skips.reasons}, f)
+        return 0
+
+    tag = C.DeviceTag.create(device, args.note)
+    print(f"device: {tag.line()}", flush=True)
+    warmup_ms, rep_ms = C.timing_budget(args, device)
+    print("bytes per pass (b = bytes per element of x):")
+    for k in PASSES:
+        print(f"  {k}: {BYTE_FORMULAS[k]}")
+
+    skips = C.SkipLog()
+    rows = []
+    sj_auto = ""
+    in_process = [w for w in wanted if not (w.startswith("sj-") and device.type == "cuda")]
+    if device.type == "cuda":
+        sj_wanted = [w for w in wanted if w.startswith("sj-")]
+        if sj_wanted:  # before this process allocates anything large
+            sj_rows, sj_skips = run_sj_workers(args, device, sj_wanted)
+            rows.extend(sj_rows)
+            skips.reasons.update(sj_skips)
+            sj_auto = sj_auto_choice(device)
+            print(f"spikingjelly's own pick here: {sj_auto}", flush=True)
+    else:
+        for w in [w for w in wanted if w.startswith("sj-") and w != "sj-torch"]:
+            skips.skip(w, "spikingjelly runs only its torch reference on CPU (that is sj-torch)")
+        in_process = [w for w in in_process if not (w.startswith("sj-") and w != "sj-torch")]
+
+    copy_bytes = int((args.copy_mib or (16 if args.smoke else 1024 if device.type == "cuda" else 256)) * 2**20)
+    copy_gbps, copy_ms = C.copy_bandwidth(device, copy_bytes, warmup_ms, max(rep_ms, 50.0))
+    print(f"copy bandwidth: {copy_gbps:.1f} GB/s ({copy_bytes / 2**20:.0f} MiB copy, read + written)", flush=True)
+
+    rows.extend(run_sweep(args, device, in_process, skips))
+    add_derived(rows, copy_gbps)
+    rows.sort(key=lambda r: (list(C.DTYPES).index(r["dtype"]), r["N"], r["T"], PASSES.index(r["pass"]),
+                             list(ALL_PROVIDERS).index(r["provider"])))
+    tag.finish()
+    target_list = targets(rows, device)
+    target_md = C.report_targets(target_list)
+    out_dir = args.out or C.default_out_dir(tag)
+    write_outputs(out_dir, rows, tag, copy_gbps, copy_ms, copy_bytes, wanted, skips.reasons, target_md, sj_auto)
+    print(f"\nwrote {out_dir}/lif.csv, lif.md, lif.png", flush=True)
+    return 0
+
+
+def argparse_hidden():
+    import argparse
+
+    return argparse.SUPPRESS
+
+
+if __name__ == "__main__":
+    sys.exit(main())
