@@ -25,7 +25,6 @@ import os
 import subprocess
 import sys
 import tempfile
-import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
@@ -35,7 +34,7 @@ import common as C  # noqa: E402
 
 LIF_KWARGS = dict(tau=2.0, v_threshold=0.5, v_reset=0.0, decay_input=True, detach_reset=False,
                   surrogate="piecewise_quadratic", alpha=2.0)
-PASSES = ("fwd", "bwd", "fwd+bwd")
+PASSES = C.PASSES
 OUR_FUSED = ("triton", "cuda", "cpp")
 SJ_IMPLS = ("cuda", "triton", "torch")
 ALL_PROVIDERS = ("eager", "compile") + OUR_FUSED + tuple(f"sj-{i}" for i in SJ_IMPLS)
@@ -149,9 +148,7 @@ class Providers:
             cfg, _ = parse_lif_args(probe, None, kw["tau"], None, kw["v_threshold"], kw["v_reset"],
                                     kw["decay_input"], kw["detach_reset"], kw["surrogate"], kw["alpha"], False)
             # One graph per (T, dtype): the loop over T unrolls, N stays symbolic.
-            for attr in ("recompile_limit", "cache_size_limit"):
-                if hasattr(torch._dynamo.config, attr):
-                    setattr(torch._dynamo.config, attr, 256)
+            C.prepare_compile()
 
             def reference(x):
                 return lif_reference_forward(x, None, None, cfg)[0]
@@ -197,48 +194,22 @@ class Providers:
 # measuring one provider on one configuration
 
 
-def measure(provider: str, forward, x0, grad, reference, device, warmup_ms, rep_ms, check: bool) -> list[dict]:
+def measure(provider: str, forward, x0, grad, reference, device, warmup_ms, rep_ms) -> list[dict]:
     """Rows (one per pass) for ``forward`` on input ``x0`` with upstream gradient ``grad``."""
     T, N = x0.shape
-    x = x0.detach().clone().requires_grad_(True)
-    common = {}
-    # correctness against the eager reference, on the same input; also warms up / compiles
-    t0 = time.perf_counter()
-    spikes = forward(x)
-    (gx,) = torch.autograd.grad(spikes, x, grad)
-    C.sync(device)
-    common["compile_s"] = time.perf_counter() - t0 if provider == "compile" else float("nan")
-    if check and reference is not None:
-        ref_spikes, ref_gx = reference
-        common["spike_mismatch"] = (spikes != ref_spikes).float().mean().item()
-        common["grad_rel_err"] = ((gx.float() - ref_gx.float()).norm() / ref_gx.float().norm().clamp_min(1e-30)).item()
-    del spikes, gx
-    # memory: bytes saved for backward (unique storages but x), and peaks on CUDA
-    out, saved, x_saved = C.saved_for_backward(lambda: forward(x), x)
-    del out
-    common.update(saved_bytes=saved, saved_per_neuron_step=saved / (T * N), x_saved=x_saved)
-    out, peak = C.peak_bytes(lambda: forward(x), device)
-    del out
-    common["peak_fwd_mb"] = peak / 1e6
-    _, peak = C.peak_bytes(lambda: torch.autograd.grad(forward(x), x, grad), device)
-    common["peak_fwdbwd_mb"] = peak / 1e6
-    C.free_memory(device)
 
-    rows = []
-    fwd_bwd = lambda: torch.autograd.grad(forward(x), x, grad)  # noqa: E731
-    for pass_name in PASSES:
-        if pass_name == "fwd":
-            times = C.bench(lambda: forward(x), device, warmup_ms, rep_ms)
-        elif pass_name == "bwd":
-            spikes = forward(x)
-            times = C.bench(lambda: torch.autograd.grad(spikes, x, grad, retain_graph=True), device, warmup_ms, rep_ms)
-            del spikes
-        else:
-            times = C.bench(fwd_bwd, device, warmup_ms, rep_ms)
-        rows.append(dict(common, provider=provider, pass_=pass_name, status="ok",
-                         median_ms=times[0], q20_ms=times[1], q80_ms=times[2]))
-    C.free_memory(device)
-    return rows
+    def check(spikes, gx):
+        if reference is None:
+            return {}
+        ref_spikes, ref_gx = reference
+        return {"spike_mismatch": (spikes != ref_spikes).float().mean().item(), "grad_rel_err": C.rel_err(gx, ref_gx)}
+
+    fields, times = C.measure_passes(forward, x0, grad, device, warmup_ms, rep_ms, check)
+    fields["saved_per_neuron_step"] = fields.pop("saved_per_element")
+    first = fields.pop("first_call_s")
+    fields["compile_s"] = first if provider == "compile" else float("nan")
+    return [dict(fields, provider=provider, pass_=p, status="ok", median_ms=times[p][0], q20_ms=times[p][1],
+                 q80_ms=times[p][2]) for p in PASSES]
 
 
 def run_sweep(args, device, providers: list[str], skips: C.SkipLog) -> list[dict]:
@@ -264,9 +235,9 @@ def run_sweep(args, device, providers: list[str], skips: C.SkipLog) -> list[dict
             base = dict(provider=name, dtype=dtype_name, T=T, N=N)
             try:
                 forward = prov.forward(name, dtype_name, T, N)
-                rows_p = measure(name, forward, x0, grad, reference, device, warmup_ms, rep_ms, not args.no_check)
+                rows_p = measure(name, forward, x0, grad, reference, device, warmup_ms, rep_ms)
             except Exception as e:  # the library's own reason, printed once, recorded per row
-                if isinstance(e, torch.cuda.OutOfMemoryError) or "out of memory" in str(e).lower():
+                if C.is_out_of_memory(e):
                     status = "error: " + C.describe_error(e, 160)
                     print(f"[error] {name} ({where}): {status}", flush=True)
                 else:
@@ -485,7 +456,7 @@ def plot(path, rows, providers, tag):
             ax.set_ylabel("median ms")
             ax.set_title(f"{pass_name}, {dtype_name}, N=2^{n_max.bit_length() - 1}", fontsize=9)
             ax.grid(True, which="both", alpha=0.3)
-            ax.legend(fontsize=7)
+            C.finish_axis(ax)
     fig.suptitle(f"LIF on {tag.name} (torch {tag.versions['torch']}, {tag.date})", fontsize=9)
     C.save_plot(fig, path)
     C.close_figure(fig)
@@ -505,7 +476,7 @@ def main(argv=None) -> int:
     p.add_argument("--no-check", action="store_true", help="skip the agreement check against the eager reference")
     p.add_argument("--sj-worker", default=None, help=argparse_hidden())
     args = p.parse_args(argv)
-    device = C.pick_device(args.device, args.threads)
+    device = C.pick_device(args)
     wanted = C.parse_list(args.providers) or list(ALL_PROVIDERS)
     unknown = [w for w in wanted if w not in ALL_PROVIDERS]
     if unknown:

@@ -53,9 +53,13 @@ def base_parser(description: str) -> argparse.ArgumentParser:
     return p
 
 
-def pick_device(name: str, threads: Optional[int] = None) -> torch.device:
+def pick_device(args) -> torch.device:
+    """The device of ``--device``; on CPU also the thread count (``--threads``; 1 for --smoke,
+    whose numbers only show that the script runs)."""
+    threads = args.threads if args.threads is not None else (1 if args.smoke else None)
     if threads is not None:
         torch.set_num_threads(threads)
+    name = args.device
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     if name == "cuda" and not torch.cuda.is_available():
@@ -312,6 +316,75 @@ def free_memory(device: torch.device) -> None:
         torch.cuda.empty_cache()
 
 
+PASSES = ("fwd", "bwd", "fwd+bwd")
+
+
+def measure_passes(forward: Callable[[torch.Tensor], torch.Tensor], x0: torch.Tensor, grad_out: torch.Tensor,
+                   device: torch.device, warmup_ms: float, rep_ms: float,
+                   check: Optional[Callable[[torch.Tensor, torch.Tensor], dict]] = None) -> tuple[dict, dict]:
+    """Time ``forward(x)`` (one differentiable output) in three passes and probe its memory.
+
+    - fwd: ``forward(x)`` with grad enabled (it saves what backward needs, as in training);
+    - bwd: forward once, then ``torch.autograd.grad(out, x, grad_out, retain_graph=True)``;
+    - fwd+bwd: both, the graph freed each time.
+    Before timing, one fwd+bwd call (it also compiles / warms caches) is passed to
+    ``check(out, grad_x)``, whose dict goes into the returned fields, with ``first_call_s``;
+    then the bytes saved for backward (x excluded) and, on CUDA, peak memory.
+    Returns ``(fields, {pass: (median, q20, q80) ms})``.
+    """
+    T_N = x0.numel()
+    x = x0.detach().clone().requires_grad_(True)
+    fields: dict = {}
+    t0 = time.perf_counter()
+    out = forward(x)
+    (gx,) = torch.autograd.grad(out, x, grad_out)
+    sync(device)
+    fields["first_call_s"] = time.perf_counter() - t0
+    if check is not None:
+        fields.update(check(out.detach(), gx))
+    del out, gx
+    out, saved, x_saved = saved_for_backward(lambda: forward(x), x)
+    del out
+    fields.update(saved_bytes=saved, saved_per_element=saved / max(T_N, 1), x_saved=x_saved)
+    out, peak = peak_bytes(lambda: forward(x), device)
+    del out
+    fields["peak_fwd_mb"] = peak / 1e6
+    _, peak = peak_bytes(lambda: torch.autograd.grad(forward(x), x, grad_out), device)
+    fields["peak_fwdbwd_mb"] = peak / 1e6
+    free_memory(device)
+
+    times = {"fwd": bench(lambda: forward(x), device, warmup_ms, rep_ms)}
+    out = forward(x)
+    times["bwd"] = bench(lambda: torch.autograd.grad(out, x, grad_out, retain_graph=True), device, warmup_ms, rep_ms)
+    del out
+    times["fwd+bwd"] = bench(lambda: torch.autograd.grad(forward(x), x, grad_out), device, warmup_ms, rep_ms)
+    free_memory(device)
+    return fields, times
+
+
+def prepare_compile() -> None:
+    """torch.compile settings for the benchmarks: room for one graph per shape group, and no
+    donated buffers, because the backward-only pass reruns one graph with retain_graph=True
+    (donation only lets the compiled backward reuse saved buffers; it changes no kernel)."""
+    for attr in ("recompile_limit", "cache_size_limit"):
+        if hasattr(torch._dynamo.config, attr):
+            setattr(torch._dynamo.config, attr, 256)
+    import torch._functorch.config as functorch_config
+
+    if hasattr(functorch_config, "donated_buffer"):
+        functorch_config.donated_buffer = False
+
+
+def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
+    """||a - b|| / ||b|| in fp32."""
+    a, b = a.float(), b.float()
+    return ((a - b).norm() / b.norm().clamp_min(1e-30)).item()
+
+
+def is_out_of_memory(e: BaseException) -> bool:
+    return isinstance(e, torch.cuda.OutOfMemoryError) or "out of memory" in str(e).lower()
+
+
 def describe_error(e: BaseException, limit: int = 400) -> str:
     """One line: the library's own message, first line(s), trimmed."""
     msg = " ".join(str(e).split())
@@ -461,6 +534,14 @@ def new_figure(nrows: int, ncols: int, size=(5.0, 3.6)):
 
     fig, axes = plt.subplots(nrows, ncols, figsize=(size[0] * ncols, size[1] * nrows), squeeze=False)
     return fig, axes
+
+
+def finish_axis(ax) -> None:
+    """Legend when something was drawn, else say so on the panel."""
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=7)
+    else:
+        ax.text(0.5, 0.5, "no provider ran", ha="center", va="center", transform=ax.transAxes)
 
 
 def close_figure(fig) -> None:

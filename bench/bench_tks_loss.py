@@ -1,0 +1,264 @@
+"""Benchmark the TKS loss: fused kernels vs the eager reference vs torch.compile of the reference;
+forward, backward and forward+backward.
+
+Providers (each skipped, with the library's own reason printed, when it cannot run here):
+  eager    tks_kernels.tks_loss(backend="torch"): the package's eager reference
+  compile  torch.compile of that call (dynamic shapes)
+  triton   tks_kernels.tks_loss(backend="triton")   (CUDA)
+  cpp      tks_kernels.tks_loss(backend="cpp")      (CPU)
+
+Settings: lam=0.7, temperature=3, teacher="sum", reduction="mean" (the TKS authors' CIFAR
+settings); logits ~ N(0, 2) of shape [T, B, C], random targets; the loss is a scalar, so the
+upstream gradient is 1.
+
+Usage:  python bench/bench_tks_loss.py [--quick] [--out DIR]   (see bench/README.md)
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import torch  # noqa: E402
+
+import common as C  # noqa: E402
+
+LOSS_KWARGS = dict(lam=0.7, temperature=3.0, teacher="sum", detach_teacher=False, reduction="mean")
+PASSES = C.PASSES
+FUSED = ("triton", "cpp")
+ALL_PROVIDERS = ("eager", "compile") + FUSED
+COLUMNS = ["provider", "dtype", "T", "B", "C", "pass", "status", "median_ms", "q20_ms", "q80_ms",
+           "speedup_vs_eager", "speedup_vs_compile", "saved_bytes", "x_saved", "peak_fwd_mb", "peak_fwdbwd_mb",
+           "loss_rel_err", "grad_rel_err", "compile_s"]
+
+
+def build_sweep(args, device) -> list[tuple[str, int, int, int]]:
+    if args.smoke:
+        dtypes, Ts, Bs, Cs = ["fp32"], [4], [8], [10]
+    elif args.quick:
+        dtypes, Ts, Bs, Cs = ["fp32"], [4, 10], [64], [10, 1000]
+    else:
+        dtypes = ["fp32", "bf16"] if device.type == "cuda" else ["fp32"]
+        Ts, Bs, Cs = [4, 10], [64, 256], [10, 100, 1000]
+    dtypes = C.parse_list(args.dtypes) or dtypes
+    Ts = C.parse_list(args.T, int) or Ts
+    Bs = C.parse_list(args.B, int) or Bs
+    Cs = C.parse_list(args.C, int) or Cs
+    return [(d, T, B, n_cls) for d in dtypes for T in Ts for B in Bs for n_cls in Cs]
+
+
+class Providers:
+    def __init__(self, device, args):
+        self.device = device
+        self.args = args
+        self.compile_enabled = args.compile if args.compile is not None else not (args.smoke or args.quick)
+        self._compiled = None
+
+    def forward(self, name: str, target: torch.Tensor):
+        import tks_kernels
+
+        if not hasattr(tks_kernels, "tks_loss"):
+            raise RuntimeError("tks_kernels.tks_loss is not in this build of tks_kernels (merge the tksloss branch)")
+        if name == "eager":
+            return lambda z: tks_kernels.tks_loss(z, target, backend="torch", **LOSS_KWARGS)
+        if name in FUSED:
+            if name == "triton" and self.device.type == "cpu" and not self.args.smoke:
+                raise RuntimeError(
+                    "Triton runs on CUDA tensors; on CPU only through TRITON_INTERPRET=1, whose timings "
+                    "measure the interpreter, not a kernel"
+                )
+            return lambda z: tks_kernels.tks_loss(z, target, backend=name, **LOSS_KWARGS)
+        if name == "compile":
+            if not self.compile_enabled:
+                raise RuntimeError("torch.compile is off in --quick / --smoke sweeps (turn it on with --compile)")
+            if self._compiled is None:
+                C.prepare_compile()
+
+                def reference(z, y):
+                    return tks_kernels.tks_loss(z, y, backend="torch", **LOSS_KWARGS)
+
+                self._compiled = torch.compile(reference, dynamic=True)
+            compiled = self._compiled
+            return lambda z: compiled(z, target)
+        raise ValueError(f"unknown provider {name!r}")
+
+
+def run_sweep(args, device, providers, skips: C.SkipLog) -> list[dict]:
+    warmup_ms, rep_ms = C.timing_budget(args, device)
+    prov = Providers(device, args)
+    gen = torch.Generator(device="cpu").manual_seed(0)
+    rows = []
+    for dtype_name, T, B, n_cls in build_sweep(args, device):
+        logits = (2.0 * torch.randn(T, B, n_cls, generator=gen)).to(device=device, dtype=C.DTYPES[dtype_name])
+        target = torch.randint(0, n_cls, (B,), generator=gen).to(device)
+        grad = torch.ones((), device=device)
+        where = f"{dtype_name}, T={T}, B={B}, C={n_cls}"
+        print(f"-- {where}", flush=True)
+        reference = None
+        try:
+            ref_fwd = prov.forward("eager", target)
+            z = logits.detach().clone().requires_grad_(True)
+            loss = ref_fwd(z)
+            reference = (loss.detach(), torch.autograd.grad(loss, z)[0])
+        except Exception as e:
+            print(f"[note] no eager reference for the agreement check ({C.describe_error(e, 200)})", flush=True)
+
+        def check(loss, gz):
+            if reference is None:
+                return {}
+            return {"loss_rel_err": C.rel_err(loss, reference[0]), "grad_rel_err": C.rel_err(gz, reference[1])}
+
+        for name in providers:
+            base = dict(provider=name, dtype=dtype_name, T=T, B=B, C=n_cls)
+            try:
+                fields, times = C.measure_passes(prov.forward(name, target), logits, grad, device, warmup_ms, rep_ms,
+                                                 check)
+            except Exception as e:
+                if C.is_out_of_memory(e):
+                    status = "error: " + C.describe_error(e, 160)
+                    print(f"[error] {name} ({where}): {status}", flush=True)
+                else:
+                    status = "skipped: " + skips.skip(name, C.describe_error(e), where)
+                C.free_memory(device)
+                rows.extend(dict(base, **{"pass": p, "status": status}) for p in PASSES)
+                continue
+            first = fields.pop("first_call_s")
+            fields["compile_s"] = first if name == "compile" else float("nan")
+            for p in PASSES:
+                med, q20, q80 = times[p]
+                rows.append(dict(base, **fields, **{"pass": p, "status": "ok", "median_ms": med, "q20_ms": q20,
+                                                    "q80_ms": q80}))
+                print(f"   {name:<8} {p:<8} {med:10.4f} ms  [{q20:.4f}, {q80:.4f}]", flush=True)
+    return rows
+
+
+def add_derived(rows):
+    groups = {}
+    for r in rows:
+        if r["status"] == "ok":
+            groups.setdefault((r["dtype"], r["T"], r["B"], r["C"], r["pass"]), {})[r["provider"]] = r["median_ms"]
+    for r in rows:
+        if r["status"] != "ok":
+            continue
+        times = groups[(r["dtype"], r["T"], r["B"], r["C"], r["pass"])]
+        for peer in ("eager", "compile"):
+            if peer in times:
+                r[f"speedup_vs_{peer}"] = times[peer] / r["median_ms"]
+
+
+def targets(rows, device) -> list[C.Target]:
+    fused = [r for r in rows if r["provider"] == "triton" and r["status"] == "ok" and r["pass"] == "fwd+bwd"
+             and r.get("speedup_vs_eager") not in (None, "")]
+    worst = min(fused, key=lambda r: r["speedup_vs_eager"], default=None)
+    geo = math.exp(sum(math.log(r["speedup_vs_eager"]) for r in fused) / len(fused)) if fused else None
+    where = (f"worst at {worst['dtype']}, T={worst['T']}, B={worst['B']}, C={worst['C']}; geometric mean over "
+             f"{len(fused)} configs {C.fmt(geo)}x") if worst else "triton or eager did not run"
+    return [C.Target("GPU: fused (triton) TKS loss fwd+bwd speedup vs its eager reference (worst config)",
+                     worst and worst["speedup_vs_eager"], 5.0, "x", where=where, applies=device.type == "cuda")]
+
+
+def write_outputs(out_dir, rows, tag, providers, skip_reasons, target_md):
+    os.makedirs(out_dir, exist_ok=True)
+    C.write_csv(os.path.join(out_dir, "tks_loss.csv"), rows, COLUMNS, tag)
+    md = [C.md_header("TKS loss benchmark: fused vs eager vs torch.compile", tag, C.command_line())]
+    md.append("- settings: lam=0.7, temperature=3, teacher='sum', reduction='mean'; logits ~ N(0, 2) [T, B, C]")
+    md.append("- cells: median ms [20%, 80% quantiles]; `x eager` = eager median / this median\n")
+    present = [p for p in providers if any(r["provider"] == p and r["status"] == "ok" for r in rows)]
+    others = [p for p in present if p != "eager"]
+    for dtype_name in sorted({r["dtype"] for r in rows}, key=list(C.DTYPES).index):
+        for pass_name in PASSES:
+            md.append(f"### {pass_name}, {dtype_name}\n")
+            header = ["T", "B", "C"] + present + [f"{p} x eager" for p in others]
+            table = []
+            for T, B, n_cls in sorted({(r["T"], r["B"], r["C"]) for r in rows if r["dtype"] == dtype_name}):
+                line = [str(T), str(B), str(n_cls)]
+                found = {r["provider"]: r for r in rows if r["status"] == "ok" and r["dtype"] == dtype_name
+                         and r["T"] == T and r["B"] == B and r["C"] == n_cls and r["pass"] == pass_name}
+                for p in present:
+                    r = found.get(p)
+                    line.append(f"{C.fmt(r['median_ms'])} [{C.fmt(r['q20_ms'])}, {C.fmt(r['q80_ms'])}]" if r else "-")
+                for p in others:
+                    r = found.get(p)
+                    line.append(C.fmt(r.get("speedup_vs_eager")) if r else "-")
+                table.append(line)
+            md.append(C.md_table(header, table) + "\n")
+    md.append("### Memory and agreement with the eager reference\n")
+    md.append("saved KB: bytes saved for backward (unique storages, logits excluded; `logits saved`: the graph "
+              "also keeps the logits alive); peaks: CUDA only; rel err: ||a - ref|| / ||ref||.\n")
+    table = [(r["dtype"], str(r["T"]), str(r["B"]), str(r["C"]), r["provider"], C.fmt(r["saved_bytes"] / 1e3),
+              C.fmt(r["x_saved"]), C.fmt(r["peak_fwd_mb"]), C.fmt(r["peak_fwdbwd_mb"]), C.fmt(r.get("loss_rel_err")),
+              C.fmt(r.get("grad_rel_err")))
+             for r in rows if r["status"] == "ok" and r["pass"] == "fwd"]
+    md.append(C.md_table(("dtype", "T", "B", "C", "provider", "saved KB", "logits saved", "peak fwd MB",
+                          "peak fwd+bwd MB", "loss rel err", "grad rel err"), table) + "\n")
+    if skip_reasons:
+        md.append("### Skipped providers\n")
+        md.extend(f"- {reason}" + (f" (first at {where})" if where else "") for reason, where in skip_reasons.items())
+        md.append("")
+    md.append(target_md)
+    with open(os.path.join(out_dir, "tks_loss.md"), "w") as f:
+        f.write("\n".join(md))
+    plot(os.path.join(out_dir, "tks_loss.png"), rows, present, tag)
+
+
+def plot(path, rows, providers, tag):
+    dtypes = sorted({r["dtype"] for r in rows}, key=list(C.DTYPES).index)
+    fig, axes = C.new_figure(len(PASSES), len(dtypes), size=(6.5, 3.6))
+    for j, dtype_name in enumerate(dtypes):
+        configs = sorted({(r["T"], r["B"], r["C"]) for r in rows if r["dtype"] == dtype_name})
+        labels = [f"{T}/{B}/{n}" for T, B, n in configs]
+        for i, pass_name in enumerate(PASSES):
+            ax = axes[i][j]
+            width = 0.8 / max(len(providers), 1)
+            for k, p in enumerate(providers):
+                vals = []
+                for T, B, n in configs:
+                    r = next((r for r in rows if r["provider"] == p and r["dtype"] == dtype_name and r["T"] == T
+                              and r["B"] == B and r["C"] == n and r["pass"] == pass_name and r["status"] == "ok"), None)
+                    vals.append(r["median_ms"] if r else float("nan"))
+                ax.bar([x + k * width for x in range(len(configs))], vals, width, label=p)
+            ax.set_xticks([x + 0.4 - width / 2 for x in range(len(configs))])
+            ax.set_xticklabels(labels, rotation=60, fontsize=7)
+            ax.set_yscale("log")
+            ax.set_ylabel("median ms")
+            ax.set_xlabel("T / B / C")
+            ax.set_title(f"{pass_name}, {dtype_name}", fontsize=9)
+            ax.grid(True, axis="y", which="both", alpha=0.3)
+            C.finish_axis(ax)
+    fig.suptitle(f"TKS loss on {tag.name} (torch {tag.versions['torch']}, {tag.date})", fontsize=9)
+    C.save_plot(fig, path)
+    C.close_figure(fig)
+
+
+def main(argv=None) -> int:
+    p = C.base_parser(__doc__.split("\n\n")[0])
+    p.add_argument("--T", default=None, help="comma-separated T values")
+    p.add_argument("--B", default=None, help="comma-separated batch sizes")
+    p.add_argument("--C", default=None, help="comma-separated class counts")
+    p.add_argument("--dtypes", default=None, help="comma-separated logits dtypes: fp32,bf16,fp16")
+    p.add_argument("--compile", default=None, action=argparse.BooleanOptionalAction,
+                   help="run the torch.compile provider (default: on, except in --quick / --smoke)")
+    args = p.parse_args(argv)
+    device = C.pick_device(args)
+    wanted = C.parse_list(args.providers) or list(ALL_PROVIDERS)
+    unknown = [w for w in wanted if w not in ALL_PROVIDERS]
+    if unknown:
+        raise SystemExit(f"--providers: unknown {unknown}; choose from {', '.join(ALL_PROVIDERS)}")
+    tag = C.DeviceTag.create(device, args.note)
+    print(f"device: {tag.line()}", flush=True)
+    skips = C.SkipLog()
+    rows = run_sweep(args, device, wanted, skips)
+    add_derived(rows)
+    tag.finish()
+    target_md = C.report_targets(targets(rows, device))
+    out_dir = args.out or C.default_out_dir(tag)
+    write_outputs(out_dir, rows, tag, wanted, skips.reasons, target_md)
+    print(f"\nwrote {out_dir}/tks_loss.csv, tks_loss.md, tks_loss.png", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

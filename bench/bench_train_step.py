@@ -1,0 +1,347 @@
+"""Benchmark one training step (forward, TKS loss, backward, optimizer step) of the TKS models:
+our model vs the same architecture, same weights, with spikingjelly 2.0.0's neurons.
+
+Models: VGG-SNN (T=10, 2x48x48 event frames, 10 classes) and ResNet-19 (T=4, 3x32x32 static
+images repeated over T, 10 classes), built by ``tks.models.build_model`` with the TKS authors'
+neuron settings (LIF, tau 2, threshold 0.5, hard reset to 0, piecewise-quadratic surrogate, alpha 2).
+
+Providers (each skipped, with the reason printed, when it cannot run here):
+  tks    the model as built (neurons: tks_kernels.lif_multistep, backend "auto": cuda or triton on
+         a GPU, cpp or torch on a CPU)
+  eager  the same model with the neurons on the eager reference (backend "torch")
+  sj     the same model with every neuron swapped for spikingjelly's LIFNode(step_mode='m') with
+         identical settings (spikingjelly picks its own fastest implementation; its state is
+         reset before each step, as spikingjelly requires)
+The loss is tks_kernels.tks_loss(lam=0.7, temperature=3, backend="auto") for every provider, so
+the comparison isolates the neurons. Optimizer: SGD, momentum 0.9.
+
+Usage:  python bench/bench_train_step.py [--quick] [--out DIR]   (see bench/README.md)
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import torch  # noqa: E402
+from torch import nn  # noqa: E402
+
+import common as C  # noqa: E402
+
+ALL_PROVIDERS = ("tks", "eager", "sj")
+LOSS_KWARGS = dict(lam=0.7, temperature=3.0)
+# name -> (T, in_channels, image size, classes, input is a sequence of frames)
+MODELS = {
+    "vggsnn": dict(T=10, in_channels=2, image_size=48, num_classes=10, sequence=True),
+    "resnet19": dict(T=4, in_channels=3, image_size=32, num_classes=10, sequence=False),
+}
+COLUMNS = ["model", "provider", "T", "batch", "image_size", "width", "status", "median_ms", "q20_ms", "q80_ms",
+           "samples_per_s", "speedup_vs_sj", "speedup_vs_eager", "peak_step_mb", "logits_rel_err",
+           "neurons", "loss_backend"]
+# our surrogate names -> spikingjelly 2.0.0 surrogate classes (activation_based.surrogate)
+SJ_SURROGATES = {
+    "sigmoid": "Sigmoid", "atan": "ATan", "piecewise_quadratic": "PiecewiseQuadratic", "erf": "Erf",
+    "piecewise_exp": "PiecewiseExp", "soft_sign": "SoftSign", "super_spike": "SuperSpike",
+}
+
+
+def load_build_model():
+    """``tks.models.build_model`` or the reason it is not there."""
+    try:
+        from tks.models import build_model
+    except ImportError as e:
+        raise RuntimeError(f"tks.models.build_model is not in this build of tks (merge the train branch): {e}") from e
+    return build_model
+
+
+# --------------------------------------------------------------------------------------------
+# neuron surgery
+
+
+def _neuron_settings(module: nn.Module):
+    """LIF settings of one of our neuron modules as a dict, or None when ``module`` is not one.
+
+    Knows ``tks.models.MultiStepLIF`` (a ``NeuronConfig`` in ``.neuron``) and ``tks.LIFNode``."""
+    cfg = getattr(module, "neuron", None)
+    if cfg is not None and dataclasses.is_dataclass(cfg) and hasattr(cfg, "surrogate"):
+        return dict(tau=cfg.tau, v_threshold=cfg.v_threshold, v_reset=cfg.v_reset, decay_input=cfg.decay_input,
+                    detach_reset=cfg.detach_reset, surrogate=(cfg.surrogate, cfg.alpha))
+    try:
+        import tks
+
+        lif_cls = getattr(tks, "LIFNode", None)
+    except ImportError:
+        lif_cls = None
+    if lif_cls is not None and type(module) is lif_cls:
+        sg = module.surrogate_function
+        if isinstance(sg, str):
+            sg = (sg, None)
+        return dict(tau=module.tau, v_threshold=module.v_threshold, v_reset=module.v_reset,
+                    decay_input=module.decay_input, detach_reset=module.detach_reset, surrogate=sg)
+    return None
+
+
+def _set_backend(module: nn.Module, backend: str) -> bool:
+    cfg = getattr(module, "neuron", None)
+    if cfg is not None and dataclasses.is_dataclass(cfg) and hasattr(cfg, "backend"):
+        module.neuron = dataclasses.replace(cfg, backend=backend)
+        return True
+    if _neuron_settings(module) is not None and hasattr(module, "backend"):
+        module.backend = backend
+        return True
+    return False
+
+
+def set_neuron_backend(model: nn.Module, backend: str) -> int:
+    return sum(_set_backend(m, backend) for m in model.modules())
+
+
+def to_spikingjelly(model: nn.Module) -> int:
+    """Swap, in place, every one of our LIF neurons for spikingjelly's ``LIFNode(step_mode='m')``
+    with identical settings (the inverse of ``tks.replace_neurons``). Returns how many."""
+    from spikingjelly.activation_based import neuron, surrogate
+    from tks_kernels.lif.surrogate import default_alpha
+
+    count = 0
+    for parent in list(model.modules()):
+        for name, child in list(parent._modules.items()):
+            s = _neuron_settings(child) if child is not None else None
+            if s is None:
+                continue
+            sg = s["surrogate"]
+            if isinstance(sg, tuple):
+                sg_name, alpha = sg
+                sg = getattr(surrogate, SJ_SURROGATES[sg_name])(alpha=alpha if alpha is not None else default_alpha(sg_name))
+            if s["tau"] is None:
+                raise RuntimeError("an IF neuron (tau=None) in the model; this benchmark swaps LIF neurons only")
+            parent._modules[name] = neuron.LIFNode(
+                tau=float(s["tau"]), decay_input=s["decay_input"], v_threshold=s["v_threshold"], v_reset=s["v_reset"],
+                surrogate_function=sg, detach_reset=s["detach_reset"], step_mode="m",
+            )
+            count += 1
+    return count
+
+
+def count_neurons(model: nn.Module) -> int:
+    return sum(_neuron_settings(m) is not None for m in model.modules())
+
+
+# --------------------------------------------------------------------------------------------
+
+
+def build_sweep(args, device):
+    """[(model, batch, width)]."""
+    gpu = device.type == "cuda"
+    if args.smoke:
+        plan = [("vggsnn", 1, 1 / 32), ("resnet19", 1, 1 / 32)]
+    elif args.quick:
+        plan = [("vggsnn", 8, 1.0), ("resnet19", 16, 1.0)] if gpu else [("vggsnn", 1, 0.25), ("resnet19", 2, 0.25)]
+    else:
+        plan = [("vggsnn", 32, 1.0), ("resnet19", 64, 1.0)] if gpu else [("vggsnn", 2, 1.0), ("resnet19", 4, 1.0)]
+    models = C.parse_list(args.models)
+    if models:
+        for m in models:
+            if m not in MODELS:
+                raise SystemExit(f"--models: unknown {m!r}; choose from {', '.join(MODELS)}")
+        plan = [p for p in plan if p[0] in models] or [(m, plan[0][1], plan[0][2]) for m in models]
+    if args.batch:
+        plan = [(m, args.batch, w) for m, _, w in plan]
+    if args.width:
+        plan = [(m, b, args.width) for m, b, _ in plan]
+    return plan
+
+
+def make_inputs(spec, batch, device, gen):
+    T, c, s = spec["T"], spec["in_channels"], spec["image_size"]
+    if spec["sequence"]:  # event frames: sparse non-negative counts
+        x = (torch.rand(T, batch, c, s, s, generator=gen) < 0.1).float()
+    else:
+        x = torch.randn(batch, c, s, s, generator=gen)
+    y = torch.randint(0, spec["num_classes"], (batch,), generator=gen)
+    return x.to(device), y.to(device)
+
+
+def run_model(model_name, batch, width, args, device, providers, skips, warmup_ms, rep_ms):
+    spec = MODELS[model_name]
+    where = f"{model_name}, batch {batch}, width {width:g}"
+    print(f"-- {where}", flush=True)
+    base_row = dict(model=model_name, T=spec["T"], batch=batch, image_size=spec["image_size"], width=width)
+    try:
+        build_model = load_build_model()
+        import tks_kernels
+
+        if not hasattr(tks_kernels, "tks_loss"):
+            raise RuntimeError("tks_kernels.tks_loss is not in this build of tks_kernels (merge the tksloss branch)")
+        torch.manual_seed(0)
+        base = build_model(model_name, num_classes=spec["num_classes"], in_channels=spec["in_channels"],
+                           image_size=spec["image_size"], width=width).to(device)
+    except Exception as e:
+        reason = skips.skip("all providers", C.describe_error(e), where)
+        return [dict(base_row, provider=p, status="skipped: " + reason) for p in providers]
+    gen = torch.Generator(device="cpu").manual_seed(1)
+    x, y = make_inputs(spec, batch, device, gen)
+    T_arg = None if spec["sequence"] else spec["T"]
+
+    def loss_fn(logits):
+        return tks_kernels.tks_loss(logits, y, backend="auto", **LOSS_KWARGS)
+
+    loss_backend = _loss_backend(x.device)
+    rows, ref_logits = [], None
+    for name in providers:
+        row = dict(base_row, provider=name, loss_backend=loss_backend)
+        model = None
+        try:
+            model = copy.deepcopy(base)
+            reset = None
+            if name == "eager":
+                row["neurons"] = set_neuron_backend(model, "torch")
+            elif name == "sj":
+                try:
+                    from spikingjelly.activation_based import functional as sj_functional
+                except ImportError as e:
+                    raise RuntimeError(f"spikingjelly is not installed ({e}); pip install spikingjelly==2.0.0") from e
+                row["neurons"] = to_spikingjelly(model)
+                reset = sj_functional.reset_net
+            else:
+                row["neurons"] = count_neurons(model)
+            model.train()
+            opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
+
+            def step():
+                if reset is not None:
+                    reset(model)
+                opt.zero_grad(set_to_none=True)
+                logits = model(x, T=T_arg)
+                loss_fn(logits).backward()
+                opt.step()
+                return logits
+
+            # agreement: logits of the first forward (same weights, same input) vs the tks provider
+            with torch.no_grad():
+                if reset is not None:
+                    reset(model)
+                logits = model(x, T=T_arg).float()
+            if name == "tks":
+                ref_logits = logits
+            elif ref_logits is not None:
+                row["logits_rel_err"] = C.rel_err(logits, ref_logits)
+            del logits
+            step()  # allocates the optimizer state and warms caches / kernels
+            _, peak = C.peak_bytes(step, device)
+            row["peak_step_mb"] = peak / 1e6
+            med, q20, q80 = C.bench(step, device, warmup_ms, rep_ms)
+            row.update(status="ok", median_ms=med, q20_ms=q20, q80_ms=q80, samples_per_s=batch / (med * 1e-3))
+            print(f"   {name:<6} {med:10.3f} ms  [{q20:.3f}, {q80:.3f}]  {row['samples_per_s']:.1f} samples/s"
+                  f"  peak {C.fmt(row['peak_step_mb'])} MB  ({row['neurons']} neurons)", flush=True)
+        except Exception as e:
+            if C.is_out_of_memory(e):
+                row["status"] = "error: " + C.describe_error(e, 160)
+                print(f"[error] {name} ({where}): {row['status']}", flush=True)
+            else:
+                row["status"] = "skipped: " + skips.skip(name, C.describe_error(e), where)
+        del model
+        C.free_memory(device)
+        rows.append(row)
+    ok = {r["provider"]: r["median_ms"] for r in rows if r["status"] == "ok"}
+    for r in rows:
+        if r["status"] == "ok":
+            for peer in ("sj", "eager"):
+                if peer in ok:
+                    r[f"speedup_vs_{peer}"] = ok[peer] / r["median_ms"]
+    return rows
+
+
+def _loss_backend(device) -> str:
+    if device.type == "cuda":
+        return "auto (triton)"
+    try:
+        from tks_kernels.tks_loss.cpp import cpp_unavailable_reason
+
+        return "auto (cpp)" if cpp_unavailable_reason(torch.zeros(1)) is None else "auto (torch)"
+    except Exception:
+        return "auto"
+
+
+def write_outputs(out_dir, rows, tag, skip_reasons):
+    os.makedirs(out_dir, exist_ok=True)
+    C.write_csv(os.path.join(out_dir, "train_step.csv"), rows, COLUMNS, tag)
+    md = [C.md_header("Training step benchmark: tks models vs the same models on spikingjelly neurons", tag,
+                      C.command_line())]
+    md.append("- one step = forward, tks_loss (lam 0.7, temperature 3), backward, SGD step; median ms "
+              "[20%, 80%]; peak: CUDA memory above parameters + optimizer state (blank on CPU); logits rel err: "
+              "first forward vs the tks provider, same weights and input\n")
+    table = [(r["model"], str(r["T"]), str(r["batch"]), C.fmt(r["width"]), r["provider"],
+              f"{C.fmt(r.get('median_ms'))} [{C.fmt(r.get('q20_ms'))}, {C.fmt(r.get('q80_ms'))}]" if r["status"] == "ok"
+              else r["status"][:80],
+              C.fmt(r.get("samples_per_s")), C.fmt(r.get("speedup_vs_sj")), C.fmt(r.get("speedup_vs_eager")),
+              C.fmt(r.get("peak_step_mb")), C.fmt(r.get("logits_rel_err")), str(r.get("neurons", "")))
+             for r in rows]
+    md.append(C.md_table(("model", "T", "batch", "width", "provider", "step ms", "samples/s", "x sj", "x eager",
+                          "peak MB", "logits rel err", "neurons"), table) + "\n")
+    if skip_reasons:
+        md.append("### Skipped providers\n")
+        md.extend(f"- {reason}" + (f" (first at {where})" if where else "") for reason, where in skip_reasons.items())
+        md.append("")
+    md.append("## Targets\n\nNone set for the training step; reported for information.\n")
+    with open(os.path.join(out_dir, "train_step.md"), "w") as f:
+        f.write("\n".join(md))
+    plot(os.path.join(out_dir, "train_step.png"), rows, tag)
+
+
+def plot(path, rows, tag):
+    fig, axes = C.new_figure(1, 2, size=(5.0, 3.6))
+    models = sorted({r["model"] for r in rows})
+    providers = [p for p in ALL_PROVIDERS if any(r["provider"] == p for r in rows)]
+    width = 0.8 / max(len(providers), 1)
+    for col, key, label in ((0, "median_ms", "step time (ms, median)"), (1, "peak_step_mb", "peak memory (MB)")):
+        ax = axes[0][col]
+        for k, p in enumerate(providers):
+            vals = []
+            for m in models:
+                r = next((r for r in rows if r["model"] == m and r["provider"] == p and r["status"] == "ok"), None)
+                v = r.get(key) if r else None
+                vals.append(float("nan") if v in (None, "") else v)
+            ax.bar([i + k * width for i in range(len(models))], vals, width, label=p)
+        ax.set_xticks([i + 0.4 - width / 2 for i in range(len(models))])
+        ax.set_xticklabels(models)
+        ax.set_ylabel(label)
+        ax.grid(True, axis="y", alpha=0.3)
+        C.finish_axis(ax)
+    fig.suptitle(f"Training step on {tag.name} (torch {tag.versions['torch']}, {tag.date})", fontsize=9)
+    C.save_plot(fig, path)
+    C.close_figure(fig)
+
+
+def main(argv=None) -> int:
+    p = C.base_parser(__doc__.split("\n\n")[0])
+    p.add_argument("--models", default=None, help="comma-separated: vggsnn,resnet19")
+    p.add_argument("--batch", type=int, default=None, help="batch size (overrides the sweep)")
+    p.add_argument("--width", type=float, default=None, help="channel width multiplier (1.0 = the paper's models)")
+    args = p.parse_args(argv)
+    device = C.pick_device(args)
+    wanted = C.parse_list(args.providers) or list(ALL_PROVIDERS)
+    unknown = [w for w in wanted if w not in ALL_PROVIDERS]
+    if unknown:
+        raise SystemExit(f"--providers: unknown {unknown}; choose from {', '.join(ALL_PROVIDERS)}")
+    if "tks" in wanted:  # first: the reference logits of the agreement check
+        wanted = ["tks"] + [w for w in wanted if w != "tks"]
+    tag = C.DeviceTag.create(device, args.note)
+    print(f"device: {tag.line()}", flush=True)
+    warmup_ms, rep_ms = C.timing_budget(args, device)
+    skips = C.SkipLog()
+    rows = []
+    for model_name, batch, width in build_sweep(args, device):
+        rows.extend(run_model(model_name, batch, width, args, device, wanted, skips, warmup_ms, rep_ms))
+    tag.finish()
+    print("\n== targets ==\nnone set for the training step; reported for information")
+    out_dir = args.out or C.default_out_dir(tag)
+    write_outputs(out_dir, rows, tag, skips.reasons)
+    print(f"\nwrote {out_dir}/train_step.csv, train_step.md, train_step.png", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
