@@ -24,6 +24,7 @@ from .config import LEAK_DIV, LEAK_IF, LEAK_MUL, LIFConfig
 # little from tuning beyond a large block with 16-byte accesses.
 BLOCK = 1024
 NUM_WARPS = 4
+NUM_STAGES = 1
 
 
 @triton.jit
@@ -80,14 +81,15 @@ def _surrogate_grad(x, alpha, SURROGATE: tl.constexpr):
     return g
 
 
-@triton.jit
+# T is never specialised (Triton would compile T == 1 apart): any T runs on one compiled kernel.
+@triton.jit(do_not_specialize=["T"])
 def _lif_forward_kernel(
     x_ptr, v_init_ptr, decay_ptr, spike_ptr, v_ptr, h_ptr,
     T, N, stride_xt,
     tau, v_threshold, v_r,
     HAS_V_INIT: tl.constexpr, LEAK: tl.constexpr, DECAY_INPUT: tl.constexpr,
     SOFT_RESET: tl.constexpr, STORE_V_SEQ: tl.constexpr, SAVE_H: tl.constexpr,
-    BLOCK: tl.constexpr,
+    BLOCK: tl.constexpr, NUM_STAGES: tl.constexpr,
 ):
     pid = tl.program_id(0).to(tl.int64)
     offs = pid * BLOCK + tl.arange(0, BLOCK)  # int64: T * N may pass 2**31
@@ -101,7 +103,7 @@ def _lif_forward_kernel(
         decay = tl.load(decay_ptr).to(tl.float32)
     x_row = x_ptr + offs
     out_row = offs
-    for _ in range(T):
+    for _ in tl.range(0, T, num_stages=NUM_STAGES):
         x = tl.load(x_row, mask=mask, other=0.0).to(tl.float32)
         h = _charge(v, x, tau, decay, v_r, LEAK, DECAY_INPUT)
         spike = h >= v_threshold
@@ -119,7 +121,7 @@ def _lif_forward_kernel(
         tl.store(v_ptr + offs, v, mask=mask)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["T", "last_row", "last_x_row"])
 def _lif_backward_kernel(
     grad_spike_ptr, grad_v_ptr, h_ptr, x_ptr, v_init_ptr, decay_ptr,
     grad_x_ptr, grad_v_init_ptr, grad_decay_partial_ptr,
@@ -128,7 +130,7 @@ def _lif_backward_kernel(
     HAS_GRAD_SPIKE: tl.constexpr, HAS_GRAD_V: tl.constexpr, HAS_V_INIT: tl.constexpr,
     LEAK: tl.constexpr, DECAY_INPUT: tl.constexpr, SOFT_RESET: tl.constexpr,
     DETACH_RESET: tl.constexpr, SURROGATE: tl.constexpr, STORE_V_SEQ: tl.constexpr,
-    GRAD_DECAY: tl.constexpr, BLOCK: tl.constexpr,
+    GRAD_DECAY: tl.constexpr, BLOCK: tl.constexpr, NUM_STAGES: tl.constexpr,
 ):
     pid = tl.program_id(0).to(tl.int64)
     offs = pid * BLOCK + tl.arange(0, BLOCK)
@@ -146,7 +148,7 @@ def _lif_backward_kernel(
     row = last_row + offs  # last_row = (T - 1) * N, computed on the host in 64 bits
     h = tl.load(h_ptr + row, mask=mask, other=0.0)
     x_row = last_x_row + offs
-    for i in range(T):
+    for i in tl.range(0, T, num_stages=NUM_STAGES):
         t = T - 1 - i
         gv = grad_v_next
         if HAS_GRAD_V:
@@ -236,7 +238,7 @@ def lif_forward_triton(
             cfg.tau, cfg.v_threshold, cfg.reset_value,
             HAS_V_INIT=v_init is not None, LEAK=cfg.leak, DECAY_INPUT=cfg.decay_input,
             SOFT_RESET=cfg.soft_reset, STORE_V_SEQ=cfg.store_v_seq, SAVE_H=save_h,
-            BLOCK=BLOCK, num_warps=NUM_WARPS, enable_fp_fusion=False,
+            BLOCK=BLOCK, NUM_STAGES=NUM_STAGES, num_warps=NUM_WARPS, enable_fp_fusion=False,
         )
     return spikes, v_out, h
 
@@ -270,7 +272,7 @@ def lif_backward_triton(
             HAS_V_INIT=v_init is not None, LEAK=cfg.leak, DECAY_INPUT=cfg.decay_input,
             SOFT_RESET=cfg.soft_reset, DETACH_RESET=cfg.detach_reset, SURROGATE=cfg.surrogate_id,
             STORE_V_SEQ=cfg.store_v_seq, GRAD_DECAY=need_grad_decay,
-            BLOCK=BLOCK, num_warps=NUM_WARPS, enable_fp_fusion=False,
+            BLOCK=BLOCK, NUM_STAGES=NUM_STAGES, num_warps=NUM_WARPS, enable_fp_fusion=False,
         )
     grad_decay = grad_decay_partial.sum().float() if need_grad_decay else None
     if N == 0:
