@@ -68,8 +68,10 @@ def pass_bytes(pass_name: str, T: int, N: int, in_bytes: int) -> int:
 
 
 def build_sweep(args, device) -> list[tuple[str, int, int]]:
-    """[(dtype name, T, N)], grouped by dtype then T so one torch.compile serves every N."""
+    """[(dtype name, T, N)], grouped by dtype then T so one torch.compile serves every N.
+    Full sweep: fp32 at every N; bf16 / fp16 at the largest N (all of them with --N)."""
     gpu = device.type == "cuda"
+    Ns_low = None
     if args.smoke:
         dtypes, Ts, Ns = ["fp32"], [2], [4096]
     elif args.quick:
@@ -78,13 +80,15 @@ def build_sweep(args, device) -> list[tuple[str, int, int]]:
         dtypes = ["fp32", "bf16", "fp16"]
         Ts = [1, 2, 4, 8, 16, 32]
         Ns = [1 << 16, 1 << 20, 1 << 24] if gpu else [1 << 16, 1 << 20]
+        Ns_low = Ns[-1:]
     dtypes = C.parse_list(args.dtypes) or dtypes
     Ts = C.parse_list(args.T, int) or Ts
-    Ns = C.parse_list(args.N, C.size_arg) or Ns
+    if args.N:
+        Ns = Ns_low = C.parse_list(args.N, C.size_arg)
     for d in dtypes:
         if d not in C.DTYPES:
             raise SystemExit(f"--dtypes: unknown dtype {d!r}; choose from {', '.join(C.DTYPES)}")
-    return [(d, T, N) for d in dtypes for T in Ts for N in Ns]
+    return [(d, T, N) for d in dtypes for T in Ts for N in (Ns if d == "fp32" or Ns_low is None else Ns_low)]
 
 
 def compile_plan(args, device) -> tuple[set, set]:
@@ -135,8 +139,9 @@ class Providers:
     def _compile_forward(self, dtype_name: str, T: int):
         if T not in self.compile_T or dtype_name not in self.compile_dtypes:
             raise RuntimeError(
-                f"not compiled at T={T}, {dtype_name} (plan: T in {sorted(self.compile_T)}, dtypes "
-                f"{sorted(self.compile_dtypes)}; widen with --compile-t / --compile-dtypes)"
+                f"outside the compile plan (T in {sorted(self.compile_T)}, dtypes {sorted(self.compile_dtypes)}: "
+                "compiling the unrolled loop takes tens of seconds per (T, dtype); widen with --compile-t / "
+                "--compile-dtypes)"
             )
         key = (dtype_name, T)
         if key not in self._compiled:
@@ -216,9 +221,27 @@ def run_sweep(args, device, providers: list[str], skips: C.SkipLog) -> list[dict
     warmup_ms, rep_ms = C.timing_budget(args, device)
     prov = Providers(device, args)
     gen = torch.Generator(device="cpu").manual_seed(0)
+    probes: dict[tuple[str, str], object] = {}
     rows = []
     for dtype_name, T, N in build_sweep(args, device):
         dtype = C.DTYPES[dtype_name]
+        where = f"{dtype_name}, T={T}, N={N}"
+        print(f"-- {where}", flush=True)
+        base_rows = {name: dict(provider=name, dtype=dtype_name, T=T, N=N) for name in providers}
+        runnable, forwards = [], {}
+        for name in providers:
+            try:
+                if (name, dtype_name) not in probes:  # can it run at all here? (once per dtype)
+                    probes[(name, dtype_name)] = probe(prov, name, dtype_name, device)
+                if isinstance(probes[(name, dtype_name)], Exception):
+                    raise probes[(name, dtype_name)]
+                forwards[name] = prov.forward(name, dtype_name, T, N)
+                runnable.append(name)
+            except Exception as e:  # the library's own reason, printed once, recorded per row
+                status = "skipped: " + skips.skip(name, C.describe_error(e), where)
+                rows.extend(dict(base_rows[name], pass_=p, status=status) for p in PASSES)
+        if not runnable:
+            continue
         x0 = torch.randn(T, N, generator=gen).to(device=device, dtype=dtype)
         grad = torch.randn(T, N, generator=gen).to(device=device, dtype=dtype)
         reference = None
@@ -229,30 +252,41 @@ def run_sweep(args, device, providers: list[str], skips: C.SkipLog) -> list[dict
             ref_spikes = tks_kernels.lif_multistep(xr, backend="torch", **LIF_KWARGS)[0]
             reference = (ref_spikes.detach(), torch.autograd.grad(ref_spikes, xr, grad)[0])
             del xr, ref_spikes
-        where = f"{dtype_name}, T={T}, N={N}"
-        print(f"-- {where}", flush=True)
-        for name in providers:
-            base = dict(provider=name, dtype=dtype_name, T=T, N=N)
+        for name in runnable:
             try:
-                forward = prov.forward(name, dtype_name, T, N)
-                rows_p = measure(name, forward, x0, grad, reference, device, warmup_ms, rep_ms)
-            except Exception as e:  # the library's own reason, printed once, recorded per row
+                rows_p = measure(name, forwards[name], x0, grad, reference, device, warmup_ms, rep_ms)
+            except Exception as e:
                 if C.is_out_of_memory(e):
                     status = "error: " + C.describe_error(e, 160)
                     print(f"[error] {name} ({where}): {status}", flush=True)
                 else:
                     status = "skipped: " + skips.skip(name, C.describe_error(e), where)
                 C.free_memory(device)
-                rows.extend(dict(base, pass_=p, status=status) for p in PASSES)
+                rows.extend(dict(base_rows[name], pass_=p, status=status) for p in PASSES)
                 continue
             for r in rows_p:
-                r.update(base)
+                r.update(base_rows[name])
                 print(f"   {name:<10} {r['pass_']:<8} {r['median_ms']:10.4f} ms  [{r['q20_ms']:.4f}, {r['q80_ms']:.4f}]"
                       f"  saved {r['saved_per_neuron_step']:.2f} B/neuron/step", flush=True)
             rows.extend(rows_p)
-        del x0, grad, reference
+        del x0, grad, reference, forwards
         C.free_memory(device)
     return [{("pass" if k == "pass_" else k): v for k, v in r.items()} for r in rows]
+
+
+def probe(prov: Providers, name: str, dtype_name: str, device):
+    """None when provider ``name`` runs a tiny fwd+bwd in ``dtype_name``, else the exception.
+    torch.compile is not probed (a probe would compile); its plan is checked per point."""
+    if name == "compile":
+        return None
+    try:
+        forward = prov.forward(name, dtype_name, 2, 256)
+        x = torch.randn(2, 256, device=device).to(C.DTYPES[dtype_name]).requires_grad_(True)
+        spikes = forward(x)
+        torch.autograd.grad(spikes, x, torch.ones_like(spikes))
+        return None
+    except Exception as e:
+        return e
 
 
 # --------------------------------------------------------------------------------------------

@@ -74,7 +74,7 @@ def timing_budget(args, device: torch.device) -> tuple[float, float]:
     elif args.quick:
         default = (10.0, 50.0) if device.type == "cuda" else (20.0, 150.0)
     else:
-        default = (25.0, 100.0) if device.type == "cuda" else (50.0, 400.0)
+        default = (10.0, 40.0) if device.type == "cuda" else (50.0, 400.0)
     return (args.warmup_ms if args.warmup_ms is not None else default[0],
             args.rep_ms if args.rep_ms is not None else default[1])
 
@@ -164,7 +164,8 @@ class DeviceTag:
     def create(cls, device: torch.device, note: str = "") -> "DeviceTag":
         if device.type == "cuda":
             name = torch.cuda.get_device_name(device)
-            slug = _slug(name)
+            # "NVIDIA H100 80GB HBM3" -> "nvidia-h100": the memory size/type suffix goes
+            slug = re.sub(r"-\d+gb(-.*)?$", "", _slug(name))
             extra = {"cuda": torch.version.cuda, "capability": ".".join(map(str, torch.cuda.get_device_capability(device)))}
         else:
             name = cpu_model()
