@@ -483,7 +483,7 @@ def plot(path, rows, providers, tag):
                 pts = sorted((r["T"], r["median_ms"]) for r in rows if r["provider"] == p and r["dtype"] == dtype_name
                              and r["N"] == n_max and r["pass"] == pass_name and r["status"] == "ok")
                 if pts:
-                    ax.plot([t for t, _ in pts], [m for _, m in pts], marker="o", label=p)
+                    ax.plot([t for t, _ in pts], [m for _, m in pts], marker="o", label=p, color=C.provider_color(p))
             ax.set_xscale("log", base=2)
             ax.set_yscale("log")
             ax.set_xlabel("T")

@@ -219,7 +219,7 @@ def plot(path, rows, providers, tag):
                     r = next((r for r in rows if r["provider"] == p and r["dtype"] == dtype_name and r["T"] == T
                               and r["B"] == B and r["C"] == n and r["pass"] == pass_name and r["status"] == "ok"), None)
                     vals.append(r["median_ms"] if r else float("nan"))
-                ax.bar([x + k * width for x in range(len(configs))], vals, width, label=p)
+                ax.bar([x + k * width for x in range(len(configs))], vals, width, label=p, color=C.provider_color(p))
             ax.set_xticks([x + 0.4 - width / 2 for x in range(len(configs))])
             ax.set_xticklabels(labels, rotation=60, fontsize=7)
             ax.set_yscale("log")

@@ -304,7 +304,7 @@ def plot(path, rows, tag):
                 r = next((r for r in rows if r["model"] == m and r["provider"] == p and r["status"] == "ok"), None)
                 v = r.get(key) if r else None
                 vals.append(float("nan") if v in (None, "") else v)
-            ax.bar([i + k * width for i in range(len(models))], vals, width, label=p)
+            ax.bar([i + k * width for i in range(len(models))], vals, width, label=p, color=C.provider_color(p))
         ax.set_xticks([i + 0.4 - width / 2 for i in range(len(models))])
         ax.set_xticklabels(models)
         ax.set_ylabel(label)

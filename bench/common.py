@@ -537,6 +537,17 @@ def new_figure(nrows: int, ncols: int, size=(5.0, 3.6)):
     return fig, axes
 
 
+PROVIDER_ORDER = ("eager", "compile", "triton", "cuda", "cpp", "tks", "sj-torch", "sj-cuda", "sj-triton", "sj")
+
+
+def provider_color(name: str):
+    """One colour per provider in every panel and plot."""
+    import matplotlib
+
+    index = PROVIDER_ORDER.index(name) if name in PROVIDER_ORDER else len(PROVIDER_ORDER)
+    return matplotlib.colormaps["tab10"](index % 10)
+
+
 def finish_axis(ax) -> None:
     """Legend when something was drawn, else say so on the panel."""
     if ax.get_legend_handles_labels()[0]:
