@@ -1,4 +1,5 @@
 """tks: the model layer over tks_kernels (neuron modules, losses, models, training)."""
 from .neuron import IFNode, LIFNode, ParametricLIFNode
+from .replace import replace_neurons
 
-__all__ = ["LIFNode", "IFNode", "ParametricLIFNode"]
+__all__ = ["LIFNode", "IFNode", "ParametricLIFNode", "replace_neurons"]
