@@ -1,5 +1,8 @@
 """tks.LIFNode / IFNode / ParametricLIFNode against spikingjelly 2.0.0's neurons: spikes, v, v_seq
-and gradients, across calls, after reset and after a change of input shape, in both step modes."""
+and gradients, across calls, after reset and after a change of input shape, in both step modes.
+
+spikingjelly always runs on the CPU (its own GPU kernels are not the oracle); ours run on
+``device`` (CUDA when there is a GPU, else the CPU, where backend="triton" is the interpreter)."""
 import copy
 import subprocess
 import sys
@@ -16,7 +19,9 @@ from tks.neuron import SPIKINGJELLY_SURROGATES
 
 from _utils import assert_equal, assert_rel_close
 
-sj = pytest.importorskip("spikingjelly.activation_based", reason="the oracle is spikingjelly 2.0.0 (pip install spikingjelly==2.0.0)")
+sj = pytest.importorskip(
+    "spikingjelly.activation_based", reason="the oracle is spikingjelly 2.0.0 (pip install spikingjelly==2.0.0)"
+)
 from spikingjelly.activation_based import base, functional, neuron, surrogate  # noqa: E402
 
 TOL = 1e-5
@@ -40,7 +45,7 @@ OPTIONS = {
 BACKENDS = ["auto", "triton"]
 
 
-def make_pair(kind, options, step_mode, backend="auto", surrogate_fn=None):
+def make_pair(kind, options, step_mode, backend="auto", surrogate_fn=None, device="cpu"):
     ours_cls, sj_cls, leak = KINDS[kind]
     kwargs = {**leak, **options}
     if kind == "if":
@@ -51,7 +56,7 @@ def make_pair(kind, options, step_mode, backend="auto", surrogate_fn=None):
     ref = sj_cls(**kwargs, step_mode=step_mode)
     if kind == "plif":
         ours.w.data.copy_(ref.w.data)
-    return ours, ref
+    return ours.to(device), ref
 
 
 def inputs(shape, seed, dtype=torch.float32):
@@ -59,23 +64,24 @@ def inputs(shape, seed, dtype=torch.float32):
     return (torch.randn(shape, generator=g) * 1.5 + 0.3).to(dtype).requires_grad_()
 
 
-def feed(node, x_seq, step_mode):
-    """Run a [T, N, *] sequence through ``node`` in its step mode."""
+def feed(node, x_seq, step_mode, device="cpu"):
+    """Run a [T, N, *] sequence through ``node`` (on ``device``) in its step mode; spikes on the CPU."""
+    x_seq = x_seq.to(device)
     if step_mode == "m":
-        return node(x_seq)
-    return torch.stack([node(x) for x in x_seq])
+        return node(x_seq).cpu()
+    return torch.stack([node(x) for x in x_seq]).cpu()
 
 
 def check_state(ours, ref, what):
     assert isinstance(ours.v, torch.Tensor) and ours.v.dtype == torch.float32, f"{what}: v must be an fp32 tensor"
-    assert_rel_close(ours.v, ref.v, TOL, f"{what}: v")
+    assert_rel_close(ours.v.cpu(), ref.v, TOL, f"{what}: v")
     if ref.store_v_seq:
-        assert_rel_close(ours.v_seq, ref.v_seq, TOL, f"{what}: v_seq")
+        assert_rel_close(ours.v_seq.cpu(), ref.v_seq, TOL, f"{what}: v_seq")
     else:
         assert ours.v_seq is None and ref.v_seq is None
 
 
-def check_against_spikingjelly(ours, ref, step_mode, shapes=((4, 3, 5), (4, 3, 5)), seed=0):
+def check_against_spikingjelly(ours, ref, step_mode, shapes=((4, 3, 5), (4, 3, 5)), seed=0, device="cpu"):
     """Feed the same sequences to both neurons (state carried from one to the next), compare the
     spikes and the state after each, then the gradients of a random weighting of all spikes, the
     final v and v_seq with respect to every input and the parameters."""
@@ -83,58 +89,58 @@ def check_against_spikingjelly(ours, ref, step_mode, shapes=((4, 3, 5), (4, 3, 5
     g = torch.Generator().manual_seed(seed + 100)
     loss_ours = loss_ref = 0.0
     for i, x in enumerate(xs):
-        s_ours, s_ref = feed(ours, x, step_mode), feed(ref, x, step_mode)
+        s_ours, s_ref = feed(ours, x, step_mode, device), feed(ref, x, step_mode)
         assert_equal(s_ours, s_ref, f"call {i}: spikes")
         check_state(ours, ref, f"call {i}")
         weight = torch.randn(s_ref.shape, generator=g)
         loss_ours, loss_ref = loss_ours + (s_ours * weight).sum(), loss_ref + (s_ref * weight).sum()
     weight = torch.randn(ref.v.shape, generator=g)
-    loss_ours, loss_ref = loss_ours + (ours.v * weight).sum(), loss_ref + (ref.v * weight).sum()
+    loss_ours, loss_ref = loss_ours + (ours.v.cpu() * weight).sum(), loss_ref + (ref.v * weight).sum()
     if ref.store_v_seq:
         weight = torch.randn(ref.v_seq.shape, generator=g)
-        loss_ours, loss_ref = loss_ours + (ours.v_seq * weight).sum(), loss_ref + (ref.v_seq * weight).sum()
+        loss_ours, loss_ref = loss_ours + (ours.v_seq.cpu() * weight).sum(), loss_ref + (ref.v_seq * weight).sum()
     grads_ours = torch.autograd.grad(loss_ours, xs + list(ours.parameters()))
     grads_ref = torch.autograd.grad(loss_ref, xs + list(ref.parameters()))
     names = [f"grad x{i}" for i in range(len(xs))] + [f"grad {n}" for n, _ in ours.named_parameters()]
     assert len(grads_ours) == len(grads_ref)
     for name, a, b in zip(names, grads_ours, grads_ref):
-        assert_rel_close(a, b, TOL, name)
+        assert_rel_close(a.cpu(), b, TOL, name)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("options", list(OPTIONS))
 @pytest.mark.parametrize("step_mode", ["m", "s"])
 @pytest.mark.parametrize("kind", list(KINDS))
-def test_matches_spikingjelly(kind, step_mode, options, backend):
+def test_matches_spikingjelly(device, kind, step_mode, options, backend):
     kwargs, surrogate_factory = OPTIONS[options]
-    ours, ref = make_pair(kind, kwargs, step_mode, backend, surrogate_factory and surrogate_factory())
+    ours, ref = make_pair(kind, kwargs, step_mode, backend, surrogate_factory and surrogate_factory(), device)
     # two calls carrying the state, then after reset, then a new input shape without reset
-    check_against_spikingjelly(ours, ref, step_mode)
+    check_against_spikingjelly(ours, ref, step_mode, device=device)
     ours.reset()
     ref.reset()
     assert ours.v == ref.v and isinstance(ours.v, float) and ours.v_seq is None
-    check_against_spikingjelly(ours, ref, step_mode, shapes=((3, 2, 7), (5, 4, 2)), seed=7)
+    check_against_spikingjelly(ours, ref, step_mode, shapes=((3, 2, 7), (5, 4, 2)), seed=7, device=device)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("name", list(SPIKINGJELLY_SURROGATES))
-def test_every_spikingjelly_surrogate(name, backend):
+def test_every_spikingjelly_surrogate(device, name, backend):
     default = getattr(surrogate, name)().alpha
     make = lambda: getattr(surrogate, name)(alpha=default * 1.5)  # noqa: E731
-    ours, ref = make_pair("lif", {"v_reset": None}, "m", backend, make())
+    ours, ref = make_pair("lif", {"v_reset": None}, "m", backend, make(), device)
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # a supported surrogate must not fall back
-        check_against_spikingjelly(ours, ref, "m")
+        check_against_spikingjelly(ours, ref, "m", device=device)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_our_surrogate_names(backend):
+def test_our_surrogate_names(device, backend):
     ours = tks.LIFNode(surrogate_function=("atan", 3.0), step_mode="m", backend=backend)
     ref = neuron.LIFNode(surrogate_function=surrogate.ATan(alpha=3.0), step_mode="m")
-    check_against_spikingjelly(ours, ref, "m")
+    check_against_spikingjelly(ours, ref, "m", device=device)
     ours = tks.IFNode(surrogate_function="piecewise_exp", step_mode="m", backend=backend)
     ref = neuron.IFNode(surrogate_function=surrogate.PiecewiseExp(), step_mode="m")
-    check_against_spikingjelly(ours, ref, "m")
+    check_against_spikingjelly(ours, ref, "m", device=device)
 
 
 def _unsupported_surrogates():
@@ -152,11 +158,11 @@ def _unsupported_surrogates():
 
 @pytest.mark.parametrize("step_mode", ["m", "s"])
 @pytest.mark.parametrize("case", list(_unsupported_surrogates()))
-def test_unsupported_surrogate_runs_eagerly_with_one_warning(case, step_mode):
+def test_unsupported_surrogate_runs_eagerly_with_one_warning(device, case, step_mode):
     fn = _unsupported_surrogates()[case]
-    ours, ref = make_pair("plif", {"v_reset": None, "store_v_seq": True}, step_mode, "auto", fn)
+    ours, ref = make_pair("plif", {"v_reset": None, "store_v_seq": True}, step_mode, "auto", fn, device)
     with pytest.warns(UserWarning, match="eager") as record:
-        check_against_spikingjelly(ours, ref, step_mode)
+        check_against_spikingjelly(ours, ref, step_mode, device=device)
     assert len([w for w in record if "eager" in str(w.message)]) == 1, [str(w.message) for w in record]
 
 
@@ -176,16 +182,16 @@ def test_fp64_runs_on_the_reference(step_mode):
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
-def test_low_precision_keeps_fp32_state(dtype):
+def test_low_precision_keeps_fp32_state(device, dtype):
     """spikingjelly keeps v in x's dtype; ours keeps it in fp32 (the project standard): compare
     with spikingjelly on the same input upcast to fp32."""
-    ours, ref = make_pair("lif", {}, "m")
+    ours, ref = make_pair("lif", {}, "m", device=device)
     x = inputs((4, 3, 5), 0, dtype)
-    s = ours(x)
+    s = ours(x.to(device))
     assert s.dtype == dtype and ours.v.dtype == torch.float32
     s_ref = ref(x.detach().float())
-    assert_equal(s.float(), s_ref, "spikes")
-    assert_rel_close(ours.v, ref.v, TOL, "v")
+    assert_equal(s.float().cpu(), s_ref, "spikes")
+    assert_rel_close(ours.v.cpu(), ref.v, TOL, "v")
 
 
 @pytest.mark.parametrize("step_mode", ["m", "s"])

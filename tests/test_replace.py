@@ -34,7 +34,9 @@ def mixed_net():
         layer.MaxPool2d(2),
         layer.Flatten(),
         layer.Linear(4 * 3 * 3, 10),
-        neuron.ParametricLIFNode(init_tau=2.5, detach_reset=True, surrogate_function=surrogate.PiecewiseQuadratic(alpha=0.5)),
+        neuron.ParametricLIFNode(
+            init_tau=2.5, detach_reset=True, surrogate_function=surrogate.PiecewiseQuadratic(alpha=0.5)
+        ),
     )
 
 
@@ -53,10 +55,16 @@ def vgg_net():
 
 NETS = {
     # (constructor, input shape of one step [N, *])
-    "plif-mnist": (lambda: parametric_lif_net.MNISTNet(channels=4, spiking_neuron=neuron.ParametricLIFNode,
-                                                        surrogate_function=surrogate.ATan(), detach_reset=True), (2, 1, 28, 28)),
-    "lif-cifar10": (lambda: parametric_lif_net.CIFAR10Net(channels=4, spiking_neuron=neuron.LIFNode, tau=2.0,
-                                                          v_reset=None), (2, 3, 32, 32)),
+    "plif-mnist": (
+        lambda: parametric_lif_net.MNISTNet(
+            channels=4, spiking_neuron=neuron.ParametricLIFNode, surrogate_function=surrogate.ATan(), detach_reset=True
+        ),
+        (2, 1, 28, 28),
+    ),
+    "lif-cifar10": (
+        lambda: parametric_lif_net.CIFAR10Net(channels=4, spiking_neuron=neuron.LIFNode, tau=2.0, v_reset=None),
+        (2, 3, 32, 32),
+    ),
     "vgg": (vgg_net, (2, 3, 8, 8)),
     "mixed": (mixed_net, (2, 2, 6, 6)),
 }
@@ -73,9 +81,9 @@ def run(net, x_seq, step_mode, seed=0):
     return out
 
 
-def compare_before_after(make, step_shape, step_mode, backend="auto", T=3):
+def compare_before_after(make, step_shape, step_mode, backend="auto", T=3, device="cpu"):
     torch.manual_seed(0)
-    before = make()
+    before = make().to(device)
     functional.set_step_mode(before, step_mode)
     after = copy.deepcopy(before)
     n = tks.replace_neurons(after, backend=backend)
@@ -84,12 +92,12 @@ def compare_before_after(make, step_shape, step_mode, backend="auto", T=3):
     assert not any(isinstance(m, SJ_NEURONS) for m in after.modules())
     assert sum(isinstance(m, TKS_NEURONS) for m in after.modules()) == n
     assert all(m.step_mode == step_mode for m in after.modules() if isinstance(m, TKS_NEURONS))
-    x_seq = torch.randn(T, *step_shape, generator=torch.Generator().manual_seed(1)) * 2.0
+    x_seq = (torch.randn(T, *step_shape, generator=torch.Generator().manual_seed(1)) * 2.0).to(device)
     for net in (before, after):
         net.train()
     out_before, out_after = run(before, x_seq, step_mode), run(after, x_seq, step_mode)
     assert_equal(out_after, out_before, "outputs")
-    weight = torch.randn(out_before.shape, generator=torch.Generator().manual_seed(2))
+    weight = torch.randn(out_before.shape, generator=torch.Generator().manual_seed(2)).to(device)
     grads = []
     for net in (before, after):
         net.zero_grad()
@@ -115,8 +123,9 @@ def test_same_outputs_and_gradients(net, step_mode):
     compare_before_after(make, step_shape, step_mode)
 
 
-def test_triton_backend():
-    _, after = compare_before_after(mixed_net, NETS["mixed"][1], "m", backend="triton")
+def test_triton_backend(device):
+    """On a GPU both models run there (spikingjelly on its own CUDA kernels, ours on Triton)."""
+    _, after = compare_before_after(mixed_net, NETS["mixed"][1], "m", backend="triton", device=device)
     assert all(m.backend == "triton" for m in after.modules() if isinstance(m, TKS_NEURONS))
 
 
@@ -271,7 +280,8 @@ def test_legacy_clock_driven_classes(legacy_spikingjelly):
         warnings.simplefilter("error")
         assert tks.replace_neurons(net) == 4
     assert isinstance(net[0], tks.LIFNode) and net[0].step_mode == "s" and net[0].tau == 3.0 and net[0].v_reset is None
-    assert isinstance(net[1], tks.LIFNode) and net[1].step_mode == "m" and net[1].store_v_seq and net[1].backend == "auto"
+    assert isinstance(net[1], tks.LIFNode) and net[1].step_mode == "m" and net[1].store_v_seq
+    assert net[1].backend == "auto"
     assert isinstance(net[2], tks.IFNode) and isinstance(net[3], tks.ParametricLIFNode) and net[3].w is w
     assert not net[3].decay_input
     from tks.neuron import kernel_surrogate

@@ -134,7 +134,9 @@ def _converters() -> dict[type, tuple[type, Callable[[nn.Module], dict]]]:
     try:
         from spikingjelly.activation_based import neuron
     except ImportError as e:
-        raise ImportError(f"tks.replace_neurons converts spikingjelly models; install spikingjelly: {INSTALL_HINT}") from e
+        raise ImportError(
+            f"tks.replace_neurons converts spikingjelly models; install spikingjelly: {INSTALL_HINT}"
+        ) from e
     table = {
         neuron.LIFNode: (LIFNode, _activation_based(_lif_leak)),
         neuron.IFNode: (IFNode, _activation_based(_if_leak)),
@@ -142,9 +144,12 @@ def _converters() -> dict[type, tuple[type, Callable[[nn.Module], dict]]]:
     }
     legacy = _legacy_neuron_module()
     if legacy is not None:
-        for name, (ours, leak) in {
-            "LIFNode": (LIFNode, _lif_leak), "IFNode": (IFNode, _if_leak), "ParametricLIFNode": (ParametricLIFNode, _plif_leak),
-        }.items():
+        legacy_names = {
+            "LIFNode": (LIFNode, _lif_leak),
+            "IFNode": (IFNode, _if_leak),
+            "ParametricLIFNode": (ParametricLIFNode, _plif_leak),
+        }
+        for name, (ours, leak) in legacy_names.items():
             for prefix, step_mode in (("", "s"), ("MultiStep", "m")):
                 cls = getattr(legacy, prefix + name, None)
                 if isinstance(cls, type):
@@ -164,7 +169,8 @@ def _unsupported(old) -> str:
     """Why the kernels cannot run layer ``old`` exactly, or ""."""
     for name in ("v_threshold", "v_reset"):
         value = getattr(old, name)
-        if not (isinstance(value, (int, float)) and not isinstance(value, bool)) and not (name == "v_reset" and value is None):
+        is_number = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if not is_number and not (name == "v_reset" and value is None):
             return f"{name} is a {type(value).__name__}, the kernels take a Python float"
     if getattr(old, "_neuron_precision", None) is not None:
         return "spikingjelly's explicit neuron precision mode is set"
