@@ -251,7 +251,12 @@ def test_deepcopy_and_state_dict():
 
 def test_legacy_backend_keyword():
     assert tks.LIFNode(backend="cupy").backend == "auto"
-    assert tks.IFNode(backend="torch").backend == "torch"
+    node = tks.IFNode(backend="torch")
+    assert node.backend == "torch"
+    node.backend = "triton"
+    assert node.backend == "triton"
+    with pytest.raises(ValueError, match="backend='lava' is not supported"):
+        node.backend = "lava"
 
 
 @pytest.mark.parametrize(

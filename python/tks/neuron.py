@@ -142,7 +142,7 @@ class _NeuronBase(memory_module_base()):
         self.detach_reset = _check_flag("detach_reset", detach_reset)
         self.step_mode = step_mode
         self.store_v_seq = _check_flag("store_v_seq", store_v_seq)
-        self.backend = check_backend(backend)
+        self.backend = backend
         # v starts as a Python float (v_reset, 0.0 for soft reset) and becomes a tensor on the
         # first call, shaped like one step of the input; reset() makes it the float again.
         self.register_memory("v", 0.0 if self.v_reset is None else self.v_reset)
@@ -162,6 +162,15 @@ class _NeuronBase(memory_module_base()):
         if value not in STEP_MODES:
             raise ValueError(f"step_mode={value!r} is not supported; choose 's' (one step [N, *]) or 'm' ([T, N, *])")
         self._step_mode = value
+
+    # a property of our own: spikingjelly 0.0.0.0.14's MemoryModule has one that rejects our names
+    @property
+    def backend(self) -> str:
+        return self._backend
+
+    @backend.setter
+    def backend(self, value: str) -> None:
+        self._backend = check_backend(value)
 
     @property
     def store_v_seq(self) -> bool:
