@@ -9,6 +9,7 @@
 // Backward, g_ce = (1 - lam) g_loss + g_ce_out, g_kd = lam g_loss + g_kd_out:
 //   dz_{t,c} = g_ce / T (softmax(zbar)_c - [c = y]) + g_kd tau^2 / T (softmax(z_t)_c - p_c)
 //            - g_kd tau w m_t p_c (zbar_c - p.zbar)          (unless the teacher is detached)
+// with zbar_c - p.zbar = p.N - N_c, N_c = mean_t (lse(z_t) - z_{t,c}) >= 0 (well conditioned).
 // Elements are read as float; sums over classes accumulate in double.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
@@ -25,7 +26,7 @@
 namespace tks {
 namespace {
 
-constexpr int64_t kNumStats = 8;  // zbar_max, zbar_logsum, u_max, u_logsum, p_dot_zbar, w, n_selected, unused
+constexpr int64_t kNumStats = 8;  // zbar_max, zbar_logsum, u_max, u_logsum, p_dot_nll, w, n_selected, unused
 
 void check_inputs(const at::Tensor& logits, const at::Tensor& target, double lam, double temperature) {
   TORCH_CHECK(logits.device().is_cpu(), "tks_loss (cpp): logits must be a CPU tensor, got ", logits.device());
@@ -120,14 +121,13 @@ void forward_kernel(const at::Tensor& logits, const at::Tensor& target, double l
       mean_and_teacher(z.data(), m, w, inv_tau, T, C, zbar.data(), v.data());
       const auto [zbar_max, zbar_logsum] = max_logsum(zbar.data(), C);
       const auto [u_max, u_logsum] = max_logsum(v.data(), C);
-      double u_sum = 0.0, u_dot_zbar = 0.0, u_dot_nll = 0.0;
+      double u_sum = 0.0, u_dot_nll = 0.0;
       for (int64_t c = 0; c < C; ++c) {
         const double e = std::exp(static_cast<double>(v[c] - u_max));
         // -log_softmax(z_t)_c = (max_t - z_{t,c}) + logsum_t >= 0: no cancellation
         double nll = 0.0;
         for (int64_t t = 0; t < T; ++t) nll += static_cast<double>(mx[t] - z[t * C + c]) + ls[t];
         u_sum += e;
-        u_dot_zbar += e * zbar[c];
         u_dot_nll += e * nll;
       }
       const double ce_b = static_cast<double>(zbar_max - zbar[y]) + zbar_logsum;
@@ -140,7 +140,7 @@ void forward_kernel(const at::Tensor& logits, const at::Tensor& target, double l
       st[1] = zbar_logsum;
       st[2] = u_max;
       st[3] = u_logsum;
-      st[4] = static_cast<float>(u_dot_zbar / u_sum);
+      st[4] = static_cast<float>(u_dot_nll / u_sum / static_cast<double>(T));  // p . N
       st[5] = w;
       st[6] = n_sel;
       st[7] = 0.0f;
@@ -222,7 +222,13 @@ void backward_kernel(const at::Tensor& logits, const at::Tensor& target, const a
         const double sz = std::exp(static_cast<double>(zbar[c] - st[0]) - st[1]);
         p[c] = static_cast<float>(std::exp(static_cast<double>(v[c] - st[2]) - st[3]));
         ce_part[c] = static_cast<float>(coef_ce * (sz - (c == y ? 1.0 : 0.0)));
-        teacher_term[c] = static_cast<float>(coef_teacher * p[c] * (static_cast<double>(zbar[c]) - st[4]));
+      }
+      if (!detach_teacher) {
+        for (int64_t c = 0; c < C; ++c) {
+          double nll_bar = 0.0;
+          for (int64_t t = 0; t < T; ++t) nll_bar += static_cast<double>(mx[t] - z[t * C + c]) + ls[t];
+          teacher_term[c] = static_cast<float>(coef_teacher * p[c] * (st[4] - nll_bar * inv_t));
+        }
       }
       for (int64_t t = 0; t < T; ++t) {
         scalar_t* out = grad_ptr + t * B * C + b * C;  // grad is contiguous [T, B, C]

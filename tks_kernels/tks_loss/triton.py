@@ -14,6 +14,8 @@ Backward, with g_ce = (1 − λ) g_loss + g_ce_out and g_kd = λ g_loss + g_kd_o
                + g_kd τ² / T · (softmax(z_t)_c − p_c)
                − g_kd τ w m_t · p_c (z̄_c − p·z̄)               (through the teacher, unless detached)
 
+computed as z̄_c − p·z̄ = p·N̄ − N̄_c with N̄_c = mean_t (lse(z_t) − z_{t,c}) >= 0 (well conditioned).
+
 The mask is piecewise constant, so no gradient flows through it (nor through w).
 
 Forward kernel: the program walks C in blocks of ``BLOCK_C`` with every step of the sample in
@@ -34,10 +36,11 @@ import triton
 import triton.language as tl
 from torch.autograd.function import once_differentiable
 
+from .._backends import triton_interpreter_enabled
 from .config import TKSLossConfig
 
 # Per-sample statistics saved by the forward for the backward, columns of ``stats`` [B, 8].
-STATS = ("zbar_max", "zbar_logsum", "u_max", "u_logsum", "p_dot_zbar", "w", "n_selected", "unused")
+STATS = ("zbar_max", "zbar_logsum", "u_max", "u_logsum", "p_dot_nll", "w", "n_selected", "unused")
 N_STATS = len(STATS)
 # Elements of one [BLOCK_T, BLOCK_C] tile: 32 fp32 registers per thread at 4 warps.
 MAX_TILE = 4096
@@ -109,7 +112,6 @@ def _tks_loss_forward_kernel(
     zbar_y = tl.zeros([], dtype=tl.float32)
     u_max = tl.full([], float("-inf"), tl.float32)
     u_sum = tl.zeros([], dtype=tl.float32)
-    u_dot_zbar = tl.zeros([], dtype=tl.float32)  # Σ_c e^(u_c/τ − u_max) z̄_c
     u_dot_nll = tl.zeros([], dtype=tl.float32)  # Σ_c e^(u_c/τ − u_max) Σ_t (lse_t − z_{t,c})
     for c0 in range(0, C, BLOCK_C):
         cols = c0 + c_base
@@ -135,7 +137,6 @@ def _tks_loss_forward_kernel(
         nll = tl.sum(tl.where(t_valid[:, None], (run_max[:, None] - x) + row_logsum[:, None], 0.0), axis=0)
         nll = tl.where(c_valid, nll, 0.0)
         u_sum = u_sum * scale + tl.sum(e, axis=0)
-        u_dot_zbar = u_dot_zbar * scale + tl.sum(e * zbar, axis=0)
         u_dot_nll = u_dot_nll * scale + tl.sum(e * nll, axis=0)
         u_max = new_max
     ce = (zbar_max - zbar_y) + tl.log(zbar_sum)
@@ -148,7 +149,7 @@ def _tks_loss_forward_kernel(
     tl.store(st + 1, tl.log(zbar_sum))
     tl.store(st + 2, u_max)
     tl.store(st + 3, tl.log(u_sum))
-    tl.store(st + 4, u_dot_zbar / u_sum)
+    tl.store(st + 4, (u_dot_nll / u_sum) * inv_t)
     tl.store(st + 5, w)
     tl.store(st + 6, n_sel)
     tl.store(st + 7, 0.0)
@@ -179,7 +180,7 @@ def _tks_loss_backward_kernel(
     zbar_logsum = tl.load(st + 1)
     u_max = tl.load(st + 2)
     u_logsum = tl.load(st + 3)
-    p_dot_zbar = tl.load(st + 4)
+    p_dot_nll = tl.load(st + 4)
     w = tl.load(st + 5)
 
     # Upstream gradients of the per-sample ce and kd terms (the loss is their λ-mix).
@@ -207,10 +208,14 @@ def _tks_loss_backward_kernel(
         softmax_zbar = tl.exp((zbar - zbar_max) - zbar_logsum)
         p = tl.exp((v - u_max) - u_logsum)
         d_ce = coef_ce * (softmax_zbar - tl.where(cols == y, 1.0, 0.0))  # [BLOCK_C]
-        softmax_z = tl.exp((x - row_max[:, None]) - row_logsum[:, None])
+        nll = (row_max[:, None] - x) + row_logsum[:, None]  # −log_softmax(z_t), >= 0
+        softmax_z = tl.exp(-nll)
         d = d_ce[None, :] + coef_student * (softmax_z - p[None, :])
         if not DETACH_TEACHER:
-            d -= coef_teacher[:, None] * (p * (zbar - p_dot_zbar))[None, :]
+            # z̄_c − p·z̄ written as p·N̄ − N̄_c, N̄ = mean_t −log_softmax(z_t): small when the
+            # teacher is confident and right, where z̄_c − p·z̄ would cancel large logits
+            nll_bar = tl.sum(tl.where(t_valid[:, None], nll, 0.0), axis=0) * inv_t
+            d -= coef_teacher[:, None] * (p * (p_dot_nll - nll_bar))[None, :]
         tl.store(grad_rows + cols[None, :], d.to(grad_logits_ptr.dtype.element_ty), mask=tile_mask)
 
 
@@ -260,7 +265,11 @@ def tks_loss_backward_triton(
     T, B, C = logits.shape
     if logits.stride(2) != 1:
         logits = logits.contiguous()
-    grad_logits = torch.empty((T, B, C), dtype=logits.dtype, device=logits.device)
+    # The interpreter (triton 3.8) truncates fp32 -> bf16 instead of rounding to nearest even:
+    # there, write fp32 and round on the host. Compiled kernels round correctly in the store.
+    interpreter_bf16 = logits.dtype == torch.bfloat16 and triton_interpreter_enabled()
+    out_dtype = torch.float32 if interpreter_bf16 else logits.dtype
+    grad_logits = torch.empty((T, B, C), dtype=out_dtype, device=logits.device)
     block_t, block_c = _blocks(T, C, block_c)
     tau = cfg.temperature
 
@@ -277,7 +286,7 @@ def tks_loss_backward_triton(
         HAS_GRAD_LOSS=grad_loss is not None, HAS_GRAD_CE=grad_ce is not None, HAS_GRAD_KD=grad_kd is not None,
         DETACH_TEACHER=cfg.detach_teacher, BLOCK_T=block_t, BLOCK_C=block_c, num_warps=NUM_WARPS,
     )
-    return grad_logits
+    return grad_logits.to(logits.dtype) if interpreter_bf16 else grad_logits
 
 
 class TKSLossTritonFunction(torch.autograd.Function):
