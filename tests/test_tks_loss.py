@@ -195,9 +195,10 @@ def test_cpp_matches_reference(case):
     compare("cpp", z, y, **grid_kwargs(case))
 
 
-@pytest.mark.parametrize("scenario", ["some", "ties", "none", "all"])
+@pytest.mark.parametrize("scenario", ["some", "ties"])
 def test_cpp_every_option(scenario):
-    """The C++ kernels are cheap: every combination of the scalar options on one shape."""
+    """The C++ kernels are cheap: every combination of the scalar options on one shape (no and
+    every step selected: in the grid)."""
     cpp_ready()
     z, y = make_logits(5, 9, 37, scenario, seed=3)
     for lam, tau, teacher, detach, reduction in itertools.product(

@@ -42,9 +42,13 @@ from .config import TKSLossConfig
 # Per-sample statistics saved by the forward for the backward, columns of ``stats`` [B, 8].
 STATS = ("zbar_max", "zbar_logsum", "u_max", "u_logsum", "p_dot_nll", "w", "n_selected", "unused")
 N_STATS = len(STATS)
-# Elements of one [BLOCK_T, BLOCK_C] tile: 32 fp32 registers per thread at 4 warps.
+# Elements of one [BLOCK_T, BLOCK_C] tile: at most 16 fp32 values per thread and tile (the
+# backward holds a few tiles of temporaries at once).
 MAX_TILE = 4096
-NUM_WARPS = 4
+
+
+def _num_warps(block_t: int, block_c: int) -> int:
+    return max(1, min(8, block_t * block_c // 512))
 
 
 @triton.jit
@@ -250,7 +254,7 @@ def tks_loss_forward_triton(
         T, C, logits.stride(0), logits.stride(1),
         cfg.lam, 1.0 / tau, tau * tau / T, 1.0 / T,
         TEACHER_MEAN=cfg.teacher_mean, ONE_BLOCK=C <= block_c,
-        BLOCK_T=block_t, BLOCK_C=block_c, num_warps=NUM_WARPS,
+        BLOCK_T=block_t, BLOCK_C=block_c, num_warps=_num_warps(block_t, block_c),
     )
     return loss_b, ce_b, kd_b, row_max, row_logsum, mask, stats
 
@@ -284,7 +288,8 @@ def tks_loss_backward_triton(
         sgl, sgce, sgkd,
         cfg.lam, 1.0 / tau, tau, tau * tau / T, 1.0 / T,
         HAS_GRAD_LOSS=grad_loss is not None, HAS_GRAD_CE=grad_ce is not None, HAS_GRAD_KD=grad_kd is not None,
-        DETACH_TEACHER=cfg.detach_teacher, BLOCK_T=block_t, BLOCK_C=block_c, num_warps=NUM_WARPS,
+        DETACH_TEACHER=cfg.detach_teacher, BLOCK_T=block_t, BLOCK_C=block_c,
+        num_warps=_num_warps(block_t, block_c),
     )
     return grad_logits.to(logits.dtype) if interpreter_bf16 else grad_logits
 
