@@ -8,7 +8,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import tks_kernels
 from tks_kernels import mean_ce, tet_loss, tks_lambda, tks_loss, tks_loss_reference
 from tks_kernels.tks_loss.config import parse_tks_loss_args
 
