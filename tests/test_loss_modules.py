@@ -9,11 +9,6 @@ import tks_kernels
 
 from _utils import assert_rel_close
 
-# TODO(lead): remove this guard once branch tksloss (tks_kernels.tks_loss) is merged into main.
-pytestmark = pytest.mark.skipif(
-    not hasattr(tks_kernels, "tks_loss"), reason="tks_kernels.tks_loss is not merged yet (branch tksloss)"
-)
-
 TOL = 1e-5
 
 
