@@ -330,7 +330,8 @@ def main(argv=None) -> int:
         wanted = ["tks"] + [w for w in wanted if w != "tks"]
     tag = C.DeviceTag.create(device, args.note)
     print(f"device: {tag.line()}", flush=True)
-    warmup_ms, rep_ms = C.timing_budget(args, device)
+    # a step takes 10-1000 ms: a longer budget than the kernels' (at least 5 timed steps anyway)
+    warmup_ms, rep_ms = C.timing_budget(args, device, scale=1.0 if args.smoke else 5.0)
     skips = C.SkipLog()
     rows = []
     for model_name, batch, width in build_sweep(args, device):

@@ -67,14 +67,16 @@ def pick_device(args) -> torch.device:
     return torch.device(name)
 
 
-def timing_budget(args, device: torch.device) -> tuple[float, float]:
-    """(warm-up ms, rep ms) for one measurement, from the flags or per device and sweep size."""
+def timing_budget(args, device: torch.device, scale: float = 1.0) -> tuple[float, float]:
+    """(warm-up ms, rep ms) for one measurement, from the flags or per device and sweep size;
+    ``scale`` multiplies the defaults (slow measurements such as a training step)."""
     if args.smoke:
         default = (2.0, 10.0)
     elif args.quick:
         default = (10.0, 50.0) if device.type == "cuda" else (20.0, 150.0)
     else:
         default = (10.0, 40.0) if device.type == "cuda" else (50.0, 400.0)
+    default = (default[0] * scale, default[1] * scale)
     return (args.warmup_ms if args.warmup_ms is not None else default[0],
             args.rep_ms if args.rep_ms is not None else default[1])
 
@@ -240,14 +242,24 @@ def _quantiles(times: Sequence[float]) -> tuple[float, float, float]:
     return tuple(q(p) for p in QUANTILES)
 
 
-def bench(fn: Callable[[], object], device: torch.device, warmup_ms: float, rep_ms: float) -> tuple[float, float, float]:
-    """(median, q20, q80) in ms of ``fn`` on ``device``."""
+def bench(fn: Callable[[], object], device: torch.device, warmup_ms: float, rep_ms: float,
+          min_reps: int = 5) -> tuple[float, float, float]:
+    """(median, q20, q80) in ms of ``fn`` on ``device``, from at least ``min_reps`` timed calls:
+    the repetition budget grows to ``min_reps`` times one call for slow functions (do_bench
+    would otherwise time a single call)."""
     if device.type == "cuda":
         import triton.testing
 
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        torch.cuda.synchronize(device)
+        start.record()
+        fn()
+        end.record()
+        torch.cuda.synchronize(device)
+        rep_ms = max(rep_ms, min_reps * start.elapsed_time(end))
         res = triton.testing.do_bench(fn, warmup=warmup_ms, rep=rep_ms, quantiles=list(QUANTILES))
         return tuple(float(r) for r in res)
-    return cpu_bench(fn, warmup_ms, rep_ms)
+    return cpu_bench(fn, warmup_ms, rep_ms, min_reps=min_reps)
 
 
 def copy_bandwidth(device: torch.device, nbytes: int, warmup_ms: float, rep_ms: float) -> tuple[float, float]:
