@@ -138,7 +138,7 @@ def build_sweep(args, device):
     if args.smoke:
         plan = [("vggsnn", 1, 1 / 32), ("resnet19", 1, 1 / 32)]
     elif args.quick:
-        plan = [("vggsnn", 8, 1.0), ("resnet19", 16, 1.0)] if gpu else [("vggsnn", 1, 0.25), ("resnet19", 2, 0.25)]
+        plan = [("vggsnn", 8, 1.0), ("resnet19", 16, 1.0)] if gpu else [("vggsnn", 1, 0.125), ("resnet19", 2, 0.125)]
     else:
         plan = [("vggsnn", 32, 1.0), ("resnet19", 64, 1.0)] if gpu else [("vggsnn", 2, 1.0), ("resnet19", 4, 1.0)]
     models = C.parse_list(args.models)
@@ -331,7 +331,7 @@ def main(argv=None) -> int:
     tag = C.DeviceTag.create(device, args.note)
     print(f"device: {tag.line()}", flush=True)
     # a step takes 10-1000 ms: a longer budget than the kernels' (at least 5 timed steps anyway)
-    warmup_ms, rep_ms = C.timing_budget(args, device, scale=1.0 if args.smoke else 5.0)
+    warmup_ms, rep_ms = C.timing_budget(args, device, scale=1.0 if args.smoke else 2.0 if args.quick else 5.0)
     skips = C.SkipLog()
     rows = []
     for model_name, batch, width in build_sweep(args, device):
