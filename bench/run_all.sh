@@ -12,7 +12,7 @@ out="$1"
 shift
 mkdir -p "$out"
 export PYTHONPATH="$PWD:$PWD/python${PYTHONPATH:+:$PYTHONPATH}"
-PYTHON="${PYTHON:-python}"
+PYTHON="${PYTHON:-$(command -v python || command -v python3)}"
 status=0
 for script in bench_lif bench_tks_loss bench_train_step; do
     start=$(date +%s)
