@@ -264,13 +264,14 @@ class EventsToFrames(Dataset):
         from tonic.transforms import ToFrame
 
         events, label = self.events[i]
+        if len(events) == 0:  # an empty recording: T empty frames
+            return np.zeros((self.T, 2, self.size, self.size), dtype=np.float32), label
         sensor = self.sensor_size
         if sensor is None:  # recordings of different sizes (N-Caltech101): this one's
             sensor = (int(events["x"].max()) + 1, int(events["y"].max()) + 1, 2)
+        # n_time_bins windows of (t_last - t_first) // T, end exclusive (tonic's SliceByTimeBins)
         frames = ToFrame(sensor_size=sensor, n_time_bins=self.T)(events)  # [T, 2, H, W] counts
         frames = torch.from_numpy(np.asarray(frames, dtype=np.float32))
-        if frames.shape[0] != self.T:  # ToFrame drops nothing with n_time_bins; guard all the same
-            raise ValueError(f"{self.events}: item {i} binned into {frames.shape[0]} frames, expected T={self.T}")
         frames = torch.nn.functional.interpolate(frames, size=(self.size, self.size), mode="bilinear",
                                                  align_corners=False)
         return frames.numpy(), label

@@ -63,23 +63,27 @@ def load_checkpoint(path: str, map_location: str | torch.device = "cpu") -> dict
     """Load a checkpoint written by ``tks-train``; ``CheckpointError`` if it is missing or corrupt."""
     if not os.path.isfile(path):
         raise CheckpointError(f"no checkpoint at {path}")
+
+    def corrupt(reason: str) -> CheckpointError:
+        return CheckpointError(
+            f"checkpoint {path} is corrupt or truncated ({reason}); delete it and train again "
+            f"(without --resume), or restore a good copy"
+        )
+
+    # torch.save writes a zip archive whose directory is at the end: a cut-off file has none
+    if not zipfile.is_zipfile(path):
+        raise corrupt("not a complete torch.save archive")
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
-        if "Weights only load failed" not in str(e):
+        if "Unsupported global" in str(e):
             raise CheckpointError(
-                f"checkpoint {path} is corrupt or truncated (UnpicklingError: {str(e).splitlines()[0][:200]}); "
-                f"delete it and train again (without --resume), or restore a good copy"
+                f"{path} holds Python objects other than tensors and plain data, so tks-train did not write it "
+                f"(loading it could run arbitrary code)"
             ) from e
-        raise CheckpointError(
-            f"{path} holds objects other than tensors and plain data, so it was not written by tks-train "
-            f"(loading it would run arbitrary code): {str(e).splitlines()[-3][:200]}"
-        ) from e
+        raise corrupt(f"UnpicklingError: {str(e).splitlines()[0][:200]}") from e
     except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile) as e:
-        raise CheckpointError(
-            f"checkpoint {path} is corrupt or truncated ({type(e).__name__}: {str(e).splitlines()[0][:200]}); "
-            f"delete it and train again (without --resume), or restore a good copy"
-        ) from e
+        raise corrupt(f"{type(e).__name__}: {str(e).splitlines()[0][:200]}") from e
     missing = [k for k in ("format", "config", "model", "epoch") if not isinstance(ckpt, dict) or k not in ckpt]
     if missing:
         raise CheckpointError(f"{path} is not a tks-train checkpoint (missing {missing})")

@@ -13,6 +13,7 @@ process's RNG states; the data order depends on the seed and the epoch only).
 from __future__ import annotations
 
 import argparse
+import io
 import math
 import os
 import random
@@ -75,7 +76,9 @@ def build_parser(suppress_defaults: bool = False) -> argparse.ArgumentParser:
     p.add_argument("--download", action="store_true", default=d(False), help="download the dataset if missing")
     p.add_argument("--device", default=d("auto"), help="auto (CUDA if there is one), cpu, cuda, cuda:1, ...")
     p.add_argument("--num-workers", type=int, default=d(0), help="DataLoader worker processes per process")
-    p.add_argument("--max-batches", type=int, default=d(None), help=argparse.SUPPRESS)  # tests: cut epochs short
+    # For tests: cut epochs short; stop after an epoch as if the job had been killed there.
+    p.add_argument("--max-batches", type=int, default=d(None), help=argparse.SUPPRESS)
+    p.add_argument("--stop-after-epoch", type=int, default=d(None), help=argparse.SUPPRESS)
     return p
 
 
@@ -139,6 +142,8 @@ def _resolve_options(argv: Optional[list[str]]) -> argparse.Namespace:
                         f"{'; '.join(changed)}. Drop them, or start a new run in another --out")
         for k in RECIPE_KEYS:
             setattr(args, k, saved[k])
+        if "data_dir" not in given:
+            args.data_dir = saved["data_dir"]
     elif os.path.exists(ckpt_path):
         raise _fail(f"{args.out} already holds a run ({runs.CHECKPOINT_FILE}); pass --resume to continue it, "
                     f"or choose another --out")
@@ -166,6 +171,12 @@ def _lr_lambda(warmup_steps: int, total_steps: int):
     return factor
 
 
+def _seed_all(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
 def _rng_state() -> dict:
     np_state = np.random.get_state()
     return {
@@ -185,12 +196,17 @@ def _set_rng_state(state: dict) -> None:
     random.setstate(state["python"])
 
 
-def _gather(obj, world: int) -> list:
+def _gather_rng_states(world: int) -> list[dict]:
+    """Every process's RNG states, in rank order (on every process)."""
+    state = _rng_state()
     if world == 1:
-        return [obj]
+        return [state]
+    # all_gather_object cannot carry tensors here (torch 2.14 fails to unpickle them): send bytes
+    buf = io.BytesIO()
+    torch.save(state, buf)
     out = [None] * world
-    dist.all_gather_object(out, obj)
-    return out
+    dist.all_gather_object(out, buf.getvalue())
+    return [torch.load(io.BytesIO(b), weights_only=True) for b in out]
 
 
 def _evaluate(model, loader, T: int, static: bool, device, world: int, autocast) -> tuple[float, float]:
@@ -224,9 +240,7 @@ def main(argv: Optional[list[str]] = None) -> int:
 def _train(args, rank: int, world: int, device: torch.device) -> int:
     if args.batch_size % world:
         raise _fail(f"--batch-size {args.batch_size} is the total over {world} processes: make it a multiple of {world}")
-    random.seed(args.seed)
-    np.random.seed(args.seed)
-    torch.manual_seed(args.seed)
+    _seed_all(args.seed)  # the same on every process: the same initial weights
 
     try:
         train_set, test_set, info = build_datasets(args.dataset, T=args.T, data_dir=args.data_dir,
@@ -247,6 +261,7 @@ def _train(args, rank: int, world: int, device: torch.device) -> int:
     )
 
     model = runs.model_from_config(config).to(device)
+    _seed_all(args.seed + rank)  # from here on (augmentation, dropout) each process draws its own numbers
     objective = Objective(args.loss, epochs=args.epochs, lam=args.lam, temperature=args.temperature,
                           label_smoothing=args.label_smoothing)
     per_process_batch = args.batch_size // world
@@ -343,18 +358,25 @@ def _train(args, rank: int, world: int, device: torch.device) -> int:
             "test_loss": test_loss, "test_acc": test_acc, "epoch_time_s": round(time.perf_counter() - started, 3),
         }
         history.append(row)
-        rng_states = _gather(_rng_state(), world)
+        rng_states = _gather_rng_states(world)
         if rank == 0:
-            runs.atomic_torch_save({
-                "format": runs.CHECKPOINT_FORMAT, "config": config, "epoch": epoch + 1, "history": history,
-                "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "rng": rng_states,
-            }, ckpt_path)
-            runs.write_metrics(args.out, history)
+            try:
+                runs.atomic_torch_save({
+                    "format": runs.CHECKPOINT_FORMAT, "config": config, "epoch": epoch + 1, "history": history,
+                    "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "rng": rng_states,
+                }, ckpt_path)
+                runs.write_metrics(args.out, history)
+            except OSError as e:
+                kept = f"the checkpoint of epoch {epoch} is kept" if epoch > 0 else "no checkpoint was kept"
+                raise _fail(f"could not write the checkpoint of epoch {epoch + 1} to {ckpt_path} ({e}); {kept}: "
+                            f"free space or fix the folder, then continue with --resume")
             print(f"epoch {epoch + 1}/{args.epochs}  loss {row['train_loss']:.4f}  train acc {row['train_acc']:.4f}  "
                   f"test acc {row['test_acc']:.4f}  lam {row['lam']:.3f}  ({row['epoch_time_s']:.1f} s)", file=sys.stderr)
         if world > 1:
             dist.barrier()
+        if args.stop_after_epoch == epoch + 1:
+            return 0
     if rank == 0:
         print(f"tks-train: run folder {os.path.abspath(args.out)} (config.json, metrics.csv, checkpoint.pt); "
               f"evaluate it with: tks-eval {args.out}", file=sys.stderr)
