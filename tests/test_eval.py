@@ -49,7 +49,7 @@ def test_eval_two_runs_side_by_side(two_runs, capsys):
     out = two_runs / "compare"
     assert tks_eval.main([str(two_runs / "ce"), str(two_runs / "tks"), "--out", str(out)]) == 0
     printed = capsys.readouterr().out
-    assert "ce (ce)" in printed and "tks (tks)" in printed and "T'=3" in printed and "AURCx1000" in printed
+    assert "\nce " in printed and "\ntks " in printed and "T'=3" in printed and "AURCx1000" in printed
     rows = _rows(out / tks_eval.TIMESTEPS_FILE)
     assert [(r["loss"], r["T_test"]) for r in rows] == [(loss, str(t)) for loss in ("ce", "tks") for t in (1, 2, 3)]
     steps = _rows(out / tks_eval.STEPS_FILE)

@@ -108,10 +108,16 @@ def evaluate_run(run: str, *, T_max: Optional[int] = None, batch_size: int = 256
         timesteps.append((t, correct.double().mean().item(), aurc(mean.max(-1).values, correct)))
     per_step = torch.cat(step_correct, 1).double().mean(1)
     return {
-        "run": run_dir, "label": f"{os.path.basename(os.path.normpath(run_dir))} ({config['loss']})",
+        "run": run_dir, "label": _label(run_dir, config["loss"]),
         "loss": config["loss"], "T": T, "epoch": ckpt["epoch"], "n": int(y.numel()),
         "timesteps": timesteps, "steps": [(t + 1, per_step[t].item()) for t in range(T)],
     }
+
+
+def _label(run_dir: str, loss: str) -> str:
+    """The run folder's name, with the loss when the name does not say it."""
+    name = os.path.basename(os.path.abspath(run_dir))
+    return name if loss in name.split("-") or loss == name else f"{name} ({loss})"
 
 
 def _write_csv(path: str, header: list[str], rows: list[list]) -> None:
