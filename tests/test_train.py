@@ -48,30 +48,31 @@ def test_end_to_end_run_folder(tmp_path, capsys):
 def _cifar_args(data_dir):
     # fake CIFAR-10: random crop + flip draw from the RNG, so an exact resume needs the RNG states
     return ["--dataset", "cifar10", "--data-dir", str(data_dir), "--model", "convsnn", "--width", "0.25",
-            "--T", "2", "--batch-size", "5", "--epochs", "3", "--loss", "tet", "--seed", "7"]
+            "--T", "2", "--batch-size", "5", "--epochs", "2", "--loss", "tet", "--seed", "7"]
 
 
 def _assert_same_run(a, b):
     ca, cb = load_checkpoint(str(a / "checkpoint.pt")), load_checkpoint(str(b / "checkpoint.pt"))
-    assert ca["epoch"] == cb["epoch"] == 3
+    assert ca["epoch"] == cb["epoch"] == 2
     strip = [{k: v for k, v in row.items() if k != "epoch_time_s"} for row in ca["history"]]
     assert strip == [{k: v for k, v in row.items() if k != "epoch_time_s"} for row in cb["history"]]
     for k, v in ca["model"].items():
         assert torch.equal(v, cb["model"][k]), k
     for sa, sb in zip(ca["optimizer"]["state"].values(), cb["optimizer"]["state"].values()):
         assert all(torch.equal(sa[k], sb[k]) for k in sa)
-    assert len(_read_csv(b / "metrics.csv")) == 3
+    assert len(_read_csv(b / "metrics.csv")) == 2
 
 
-def test_resume_equals_uninterrupted_run(tmp_path):
+@pytest.mark.parametrize("workers", [0, 1])
+def test_resume_equals_uninterrupted_run(tmp_path, workers):
     _write_cifar(str(tmp_path / "data"), "cifar10")
-    args = _cifar_args(tmp_path / "data")
+    args = _cifar_args(tmp_path / "data") + ["--num-workers", str(workers)]
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
     train.main(args + ["--out", str(straight)])
     train.main(args + ["--out", str(resumed), "--stop-after-epoch", "1"])
     assert load_checkpoint(str(resumed / "checkpoint.pt"))["epoch"] == 1
     torch.manual_seed(1234)  # the resumed process starts from another RNG state: the checkpoint's must win
-    train.main(["--out", str(resumed), "--resume"])  # the options come from the run
+    train.main(["--out", str(resumed), "--resume", "--num-workers", str(workers)])  # options from the run
     _assert_same_run(straight, resumed)
 
 
@@ -178,15 +179,24 @@ def test_existing_run_and_changed_options(tmp_path, capsys):
     assert "no checkpoint.pt" in capsys.readouterr().err
 
 
-def test_torchrun_two_processes_gloo(tmp_path):
-    out = tmp_path / "ddp"
+def _torchrun(args, tmp_path):
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([ROOT, os.path.join(ROOT, "python")]), OMP_NUM_THREADS="1")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "tks.train",
-           *TINY, "--epochs", "1", "--device", "cpu", "--out", str(out)]
+           *args, "--device", "cpu"]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    ckpt = load_checkpoint(str(out / "checkpoint.pt"))
+
+
+def test_torchrun_two_processes_gloo_and_resume(tmp_path):
+    _write_cifar(str(tmp_path / "data"), "cifar10")
+    args = _cifar_args(tmp_path / "data") + ["--batch-size", "4"]  # 2 per process
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    _torchrun(args + ["--out", str(straight)], tmp_path)
+    ckpt = load_checkpoint(str(straight / "checkpoint.pt"))
     assert ckpt["config"]["world_size"] == 2 and len(ckpt["rng"]) == 2  # every process's RNG states
     assert not torch.equal(ckpt["rng"][0]["torch"], ckpt["rng"][1]["torch"])  # augmentation differs per process
-    (row,) = _read_csv(out / "metrics.csv")
-    assert 0 <= float(row["test_acc"]) <= 1
+    rows = _read_csv(straight / "metrics.csv")
+    assert len(rows) == 2 and all(0 <= float(r["test_acc"]) <= 1 for r in rows)
+    _torchrun(args + ["--out", str(resumed), "--stop-after-epoch", "1"], tmp_path)
+    _torchrun(["--out", str(resumed), "--resume"], tmp_path)
+    _assert_same_run(straight, resumed)
