@@ -243,11 +243,12 @@ def _train(args, rank: int, world: int, device: torch.device) -> int:
     _seed_all(args.seed)  # the same on every process: the same initial weights
 
     try:
+        if world > 1 and args.download and rank != 0:
+            dist.barrier()  # wait for process 0 to download, then read what it wrote
         train_set, test_set, info = build_datasets(args.dataset, T=args.T, data_dir=args.data_dir,
                                                    download=args.download and rank == 0)
-        if world > 1 and args.download:  # rank 0 downloaded; the others read what it wrote
+        if world > 1 and args.download and rank == 0:
             dist.barrier()
-            train_set, test_set, info = build_datasets(args.dataset, T=args.T, data_dir=args.data_dir)
     except DatasetNotFoundError as e:
         raise _fail(str(e))
     args.model = args.model or info.default_model
@@ -260,6 +261,8 @@ def _train(args, rank: int, world: int, device: torch.device) -> int:
         neuron=asdict(neuron), data_dir=os.path.abspath(args.data_dir), world_size=world, torch=str(torch.__version__),
     )
 
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # fixed input shapes: let cuDNN pick the fastest convolutions
     model = runs.model_from_config(config).to(device)
     _seed_all(args.seed + rank)  # from here on (augmentation, dropout) each process draws its own numbers
     objective = Objective(args.loss, epochs=args.epochs, lam=args.lam, temperature=args.temperature,
