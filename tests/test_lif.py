@@ -66,7 +66,7 @@ def leak_grad_scale(x, v_init, leak_kw, seed=1, **kw):
     (name, leaf), = leak64.items()
     opts = {k: kw.get(k, d) for k, d in dict(v_threshold=1.0, v_reset=0.0, decay_input=True, detach_reset=False,
                                               surrogate="sigmoid", alpha=None, store_v_seq=False).items()}
-    cfg, _ = parse_lif_args(x, v_init, 2.0, torch.tensor(0.5), allow_float64=True, **opts)
+    cfg, _ = parse_lif_args(x, v_init, 2.0, torch.tensor(0.5, device=x.device), allow_float64=True, **opts)
     decay0 = (1 / leaf if name == "tau" else leaf).detach()
     per_neuron = decay0.expand(x.shape[1:]).clone().requires_grad_()
     spikes, v = lif_reference_forward(x64, v64, per_neuron, cfg)
@@ -125,6 +125,23 @@ def test_triton_shapes(device, shape):
     compare(x, v_init, leak_kw, v_threshold=0.6)
     x, _, leak_kw = make_case(shape, torch.float32, device, "tau_tensor")
     compare(x, None, leak_kw, v_threshold=0.6, store_v_seq=True)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="the interpreter compiles nothing: needs a GPU")
+def test_triton_new_T_does_not_recompile():
+    from tks_kernels.lif.triton import _lif_backward_kernel, _lif_forward_kernel
+
+    def n_compiled():
+        return sum(len(c[0]) for c in _lif_forward_kernel.device_caches.values()) + \
+            sum(len(c[0]) for c in _lif_backward_kernel.device_caches.values())
+
+    x = torch.randn(3, 4096, device="cuda", requires_grad=True)
+    lif_multistep(x, backend="triton")[0].sum().backward()
+    before = n_compiled()
+    for T in [1, 2, 5, 17]:
+        x = torch.randn(T, 4096, device="cuda", requires_grad=True)
+        lif_multistep(x, backend="triton")[0].sum().backward()
+    assert n_compiled() == before
 
 
 def test_triton_empty_neurons(device):
@@ -189,13 +206,23 @@ def test_triton_gradient_from_one_output(device, which):
         assert_rel_close(a, b, TOL, "grad")
 
 
-def test_triton_no_grad_path_saves_nothing(device):
-    x = torch.randn(4, 100, device=device)
+def test_triton_no_grad_path(device, monkeypatch):
+    """Inference (no_grad, or no input requiring grad) runs the forward without saving H."""
+    import tks_kernels.lif.triton as lif_triton
+
+    calls = []
+    real = lif_triton.lif_forward_triton
+    monkeypatch.setattr(lif_triton, "lif_forward_triton", lambda *a, save_h, **k: calls.append(save_h) or real(*a, save_h=save_h, **k))
+    x = torch.randn(4, 100, device=device, requires_grad=True)
     with torch.no_grad():
         s, v = lif_multistep(x, backend="triton")
-    s_ref, v_ref = lif_multistep(x, backend="torch")
-    assert_equal(s, s_ref, "spikes")
-    assert not s.requires_grad
+    s2, v2 = lif_multistep(x.detach(), backend="triton")
+    s3, v3 = lif_multistep(x, backend="triton")
+    assert calls == [False, False, True]
+    s_ref, v_ref = lif_multistep(x.detach(), backend="torch")
+    for a, b in [(s, s_ref), (s2, s_ref), (s3.detach(), s_ref)]:
+        assert_equal(a, b, "spikes")
+    assert not s.requires_grad and s3.requires_grad
 
 
 def test_default_v_init_is_v_reset(device):
@@ -238,7 +265,7 @@ SJ_GRID = [c for c in itertools.product(["LIF", "IF", "PLIF"], [True, False], [0
 
 @pytest.mark.parametrize("kind,decay_input,v_reset,detach_reset,surrogate", SJ_GRID,
                          ids=[f"{k}-di{int(d)}-{'soft' if r is None else 'hard'}-det{int(dr)}-{s}" for k, d, r, dr, s in SJ_GRID])
-def test_reference_and_triton_match_spikingjelly(kind, decay_input, v_reset, detach_reset, surrogate):
+def test_reference_and_triton_match_spikingjelly(device, kind, decay_input, v_reset, detach_reset, surrogate):
     torch.manual_seed(7)
     T, shape = 6, (3, 97)
     alpha = {"sigmoid": 3.0, "atan": 2.5, "piecewise_quadratic": 2.0}.get(surrogate)
@@ -269,18 +296,21 @@ def test_reference_and_triton_match_spikingjelly(kind, decay_input, v_reset, det
 
     for backend in ["reference", "triton"]:
         fn = lif_multistep_reference if backend == "reference" else lambda *a, **k: lif_multistep(*a, backend="triton", **k)
-        w = node.w.detach().clone().requires_grad_() if kind == "PLIF" else None
+        dev = "cpu" if backend == "reference" else device  # spikingjelly ran on the CPU
+        xd = x.detach().to(dev).requires_grad_()
+        w = node.w.detach().clone().to(dev).requires_grad_() if kind == "PLIF" else None
         kw = dict(leak_kw) if leak_kw is not None else {"decay": w.sigmoid()}
         opts = dict(decay_input=decay_input, v_threshold=0.5, v_reset=v_reset, detach_reset=detach_reset,
                     surrogate=surrogate, alpha=alpha, store_v_seq=True)
-        s1, vs1 = fn(x, None, **kw, **opts)
-        s2, vs2 = fn(x, vs1[-1], **kw, **opts)
+        s1, vs1 = fn(xd, None, **kw, **opts)
+        s2, vs2 = fn(xd, vs1[-1], **kw, **opts)
+        s1, vs1, s2, vs2 = s1.cpu(), vs1.cpu(), s2.cpu(), vs2.cpu()
         assert_equal(s1, sj_out[0], f"{backend} spikes call 1")
         assert_equal(s2, sj_out[1], f"{backend} spikes call 2")
         assert_rel_close(vs1, sj_vseq[0], TOL, f"{backend} v_seq call 1")
         assert_rel_close(vs2, sj_vseq[1], TOL, f"{backend} v_seq call 2")
         loss = (s1 * w1).sum() + (s2 * w2).sum() + (vs1**2).sum() + (vs2**2).sum()
-        grads = torch.autograd.grad(loss, [x] + ([w] if kind == "PLIF" else []))
+        grads = [g.cpu() for g in torch.autograd.grad(loss, [xd] + ([w] if kind == "PLIF" else []))]
         for i, (a, b) in enumerate(zip(grads, sj_grads)):
             assert_rel_close(a, b, TOL, f"{backend} grad[{i}]")
 

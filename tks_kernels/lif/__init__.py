@@ -77,13 +77,22 @@ def lif_multistep(
     return _dispatch(x_seq, v_init, decay_tensor, cfg, check_backend(backend))
 
 
+def _needs_grad(*tensors) -> bool:
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+
+
 def _dispatch(x_seq, v_init, decay, cfg: LIFConfig, backend: str):
     name = resolve_backend(backend, x_seq, "lif_multistep", _extension_reason)
     if name == "torch":
         return lif_reference_forward(x_seq, v_init, decay, cfg)
     if name == "triton":
-        from .triton import LIFTritonFunction
+        from .triton import LIFTritonFunction, lif_forward_triton
 
+        if not _needs_grad(x_seq, v_init, decay):
+            # Inside Function.forward needs_input_grad ignores no_grad mode: decide here, so
+            # inference does not write H (a third of the forward's bytes).
+            spikes, v, _ = lif_forward_triton(x_seq, v_init, decay, cfg, save_h=False)
+            return spikes, v
         return LIFTritonFunction.apply(x_seq, v_init, decay, cfg)
     from .extension import lif_extension_forward
 

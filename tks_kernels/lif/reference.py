@@ -4,7 +4,7 @@ It is the ``torch`` backend of ``lif_multistep`` and the oracle of every test an
 """
 from __future__ import annotations
 
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 
@@ -35,9 +35,17 @@ def lif_multistep_reference(
 
 
 def lif_reference_forward(
-    x_seq: torch.Tensor, v_init: Optional[torch.Tensor], decay: Optional[torch.Tensor], cfg: LIFConfig
+    x_seq: torch.Tensor,
+    v_init: Optional[torch.Tensor],
+    decay: Optional[torch.Tensor],
+    cfg: LIFConfig,
+    spike_fn: Optional[Callable[[torch.Tensor], torch.Tensor]] = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """The loop itself, on checked arguments (see ``parse_lif_args``)."""
+    """The loop itself, on checked arguments (see ``parse_lif_args``).
+
+    ``spike_fn``, when given, replaces the surrogate spike of ``cfg``: it is called on
+    ``H - v_threshold`` each step (e.g. a spikingjelly surrogate object the kernels do not
+    support, called exactly as spikingjelly calls it)."""
     v_r = cfg.reset_value
     # fp32 state; fp64 only when the input is fp64 (an extra-precise oracle for tests)
     state_dtype = torch.float64 if x_seq.dtype == torch.float64 else torch.float32
@@ -52,7 +60,10 @@ def lif_reference_forward(
             h = v + (x - (v - v_r)) / cfg.tau if cfg.decay_input else v - (v - v_r) / cfg.tau + x
         else:
             h = v + (x - (v - v_r)) * decay if cfg.decay_input else v - (v - v_r) * decay + x
-        s = spike(h - cfg.v_threshold, cfg.surrogate, cfg.alpha)
+        if spike_fn is None:
+            s = spike(h - cfg.v_threshold, cfg.surrogate, cfg.alpha)
+        else:
+            s = spike_fn(h - cfg.v_threshold)
         s_reset = s.detach() if cfg.detach_reset else s
         if cfg.soft_reset:
             v = h - s_reset * cfg.v_threshold

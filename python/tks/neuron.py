@@ -1,0 +1,420 @@
+"""Drop-in spiking neurons: spikingjelly 2.0.0's ``LIFNode``, ``IFNode`` and ``ParametricLIFNode``
+on the fused kernels of ``tks_kernels.lif_multistep``.
+
+Same constructor arguments and defaults, same state behaviour (``v`` carried across calls until
+``reset()``, ``v_seq`` with ``store_v_seq``, ``step_mode`` 's' / 'm'), same outputs and gradients.
+``step_mode='m'`` runs a whole ``[T, N, *]`` sequence in one fused call; ``'s'`` runs one step as
+a sequence of length 1.
+
+Differences from spikingjelly, on purpose:
+
+- ``v`` is kept in fp32 whatever the input dtype (spikingjelly keeps it in x's dtype); spikes are
+  in x's dtype. For fp32 inputs nothing differs.
+- ``backend=`` (keyword only) picks the kernel: "auto" (default, the fastest that can run),
+  "triton", "cuda", "cpp", or "torch" (the eager reference loop). The legacy value "cupy" of
+  older spikingjelly code means "auto".
+- A surrogate the kernels do not implement (another class, ``spiking=False``, a tensor
+  ``alpha``, any callable) runs on the eager loop, calling it exactly as spikingjelly does, with
+  one warning per layer.
+- fp64 inputs run on the eager loop (the kernels take fp32 / fp16 / bf16).
+"""
+from __future__ import annotations
+
+import math
+import warnings
+from typing import Callable, Optional, Union
+
+import torch
+import torch.nn as nn
+
+from tks_kernels._checks import check_real
+from tks_kernels.lif import SURROGATES, lif_multistep
+from tks_kernels.lif.config import parse_lif_args
+from tks_kernels.lif.reference import lif_reference_forward
+
+from ._memory import STEP_MODES, memory_module_base
+
+__all__ = ["LIFNode", "IFNode", "ParametricLIFNode", "BACKENDS"]
+
+BACKENDS = ("auto", "triton", "cuda", "cpp", "torch")
+# Values of spikingjelly's own ``backend=`` keyword (0.0.0.0.14) that published code passes;
+# "torch" is our eager reference too.
+LEGACY_BACKENDS = {"cupy": "auto"}
+
+# spikingjelly surrogate class name -> our kernel surrogate name. Only these exact classes from
+# spikingjelly's own surrogate module map onto the kernels (as spikingjelly's own dispatch does);
+# subclasses may override the gradient, so they run eagerly.
+SPIKINGJELLY_SURROGATES = {
+    "Sigmoid": "sigmoid",
+    "ATan": "atan",
+    "PiecewiseQuadratic": "piecewise_quadratic",
+    "Erf": "erf",
+    "PiecewiseExp": "piecewise_exp",
+    "SoftSign": "soft_sign",
+    "SuperSpike": "super_spike",
+}
+SPIKINGJELLY_SURROGATE_MODULES = (
+    "spikingjelly.activation_based.surrogate",
+    "spikingjelly.clock_driven.surrogate",  # spikingjelly 0.0.0.0.14
+)
+
+SurrogateSpec = Union[str, tuple, Callable[[torch.Tensor], torch.Tensor]]
+
+
+def check_surrogate(value) -> None:
+    """A kernel surrogate name, ``(name, alpha)``, or a callable (e.g. a spikingjelly surrogate)."""
+    if isinstance(value, str):
+        if value not in SURROGATES:
+            raise ValueError(
+                f"surrogate_function={value!r} is unknown; choose one of {', '.join(SURROGATES)}, "
+                "a (name, alpha) pair, or a spikingjelly surrogate object"
+            )
+        return
+    if isinstance(value, tuple):
+        if len(value) != 2 or not isinstance(value[0], str):
+            raise TypeError(f"surrogate_function as a tuple must be (name, alpha), got {value!r}")
+        check_surrogate(value[0])
+        alpha = check_real("surrogate_function alpha", value[1])
+        if alpha <= 0:
+            raise ValueError(f"surrogate_function alpha must be > 0, got {value!r}")
+        return
+    if not callable(value):
+        raise TypeError(
+            f"surrogate_function must be a surrogate name ({', '.join(SURROGATES)}), a (name, alpha) pair "
+            f"or a callable such as spikingjelly.activation_based.surrogate.ATan(); got "
+            f"{type(value).__name__} {value!r}"
+        )
+
+
+def kernel_surrogate(fn) -> tuple[Optional[tuple[str, Optional[float]]], str]:
+    """``((name, alpha), "")`` when the fused kernels implement surrogate ``fn``, else
+    ``(None, why not)``."""
+    if isinstance(fn, str):
+        return (fn, None), ""
+    if isinstance(fn, tuple):
+        return (fn[0], float(fn[1])), ""
+    cls = type(fn)
+    name = SPIKINGJELLY_SURROGATES.get(cls.__name__)
+    if name is None or cls.__module__ not in SPIKINGJELLY_SURROGATE_MODULES:
+        return None, f"{cls.__module__}.{cls.__qualname__} has no fused kernel"
+    if not getattr(fn, "spiking", True):
+        return None, "spiking=False (it returns the primitive function, not spikes)"
+    alpha = getattr(fn, "alpha", None)
+    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not math.isfinite(alpha) or alpha <= 0:
+        return None, f"its alpha={alpha!r} is not a positive Python number"
+    return (name, float(alpha)), ""
+
+
+def check_backend(value) -> str:
+    """Our backend name for ``backend=`` (legacy spikingjelly values included)."""
+    if value in LEGACY_BACKENDS:
+        return LEGACY_BACKENDS[value]
+    if value not in BACKENDS:
+        raise ValueError(
+            f"backend={value!r} is not supported; choose one of {', '.join(map(repr, BACKENDS))} "
+            "(or spikingjelly's 'cupy', which means 'auto')"
+        )
+    return value
+
+
+def _check_flag(name: str, value) -> bool:
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be a bool, got {type(value).__name__} {value!r}")
+    return value
+
+
+def _check_tau(name: str, value) -> float:
+    value = check_real(name, value)
+    if not value > 1.0:
+        raise ValueError(f"{name} must be > 1 (the membrane time constant), got {value}; use tks.IFNode for no leak")
+    return value
+
+
+class _NeuronBase(memory_module_base()):
+    """Shared state handling of the three neurons; the leak is given by ``_leak_kwargs``."""
+
+    def __init__(self, v_threshold, v_reset, surrogate_function, detach_reset, step_mode, store_v_seq, backend):
+        super().__init__()
+        self.v_threshold = check_real("v_threshold", v_threshold)
+        self.v_reset = check_real("v_reset", v_reset, allow_none=True)
+        check_surrogate(surrogate_function)
+        self.surrogate_function = surrogate_function
+        self.detach_reset = _check_flag("detach_reset", detach_reset)
+        self.step_mode = step_mode
+        self.store_v_seq = _check_flag("store_v_seq", store_v_seq)
+        self.backend = backend
+        # v starts as a Python float (v_reset, 0.0 for soft reset) and becomes a tensor on the
+        # first call, shaped like one step of the input; reset() makes it the float again.
+        self.register_memory("v", 0.0 if self.v_reset is None else self.v_reset)
+        self._eager_warned = False
+
+    # -- the spikingjelly module contract -------------------------------------------------------
+
+    def supported_step_mode(self) -> tuple[str, ...]:
+        return STEP_MODES
+
+    @property
+    def step_mode(self) -> str:
+        return self._step_mode
+
+    @step_mode.setter
+    def step_mode(self, value: str) -> None:
+        if value not in STEP_MODES:
+            raise ValueError(f"step_mode={value!r} is not supported; choose 's' (one step [N, *]) or 'm' ([T, N, *])")
+        self._step_mode = value
+
+    # a property of our own: spikingjelly 0.0.0.0.14's MemoryModule has one that rejects our names
+    @property
+    def backend(self) -> str:
+        return self._backend
+
+    @backend.setter
+    def backend(self, value: str) -> None:
+        self._backend = check_backend(value)
+
+    @property
+    def store_v_seq(self) -> bool:
+        return self._store_v_seq
+
+    @store_v_seq.setter
+    def store_v_seq(self, value: bool) -> None:
+        self._store_v_seq = value
+        self.v_seq = None
+
+    def reset(self) -> None:
+        """Back to the initial state: ``v`` the float reset value, no ``v_seq``."""
+        for name, value in self._memories_rv.items():
+            self._memories[name] = value if isinstance(value, (int, float)) else value.clone()
+        self.v_seq = None
+
+    def detach(self) -> None:
+        """Cut the state from the graph (truncated BPTT)."""
+        for name, value in self._memories.items():
+            if isinstance(value, torch.Tensor):
+                self._memories[name] = value.detach()
+        if isinstance(self.v_seq, torch.Tensor):
+            self.v_seq = self.v_seq.detach()
+
+    # -- forward ---------------------------------------------------------------------------------
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Spikes of one step ``[N, *]`` (``step_mode='s'``) or of a sequence ``[T, N, *]`` ('m')."""
+        if self.step_mode == "m":
+            return self.multi_step_forward(x)
+        if self.step_mode == "s":
+            return self.single_step_forward(x)
+        raise ValueError(f"step_mode={self.step_mode!r} is not supported; choose 's' or 'm'")
+
+    def multi_step_forward(self, x_seq: torch.Tensor) -> torch.Tensor:
+        if not isinstance(x_seq, torch.Tensor) or x_seq.dim() < 1:
+            raise ValueError(f"step_mode='m' takes x_seq of shape [T, N, *], got {_describe(x_seq)}")
+        spikes, v = self._run(x_seq, self._initial_v(x_seq[0]), self.store_v_seq)
+        if self.store_v_seq:
+            self.v_seq = v
+            self.v = v[-1].clone()
+        else:
+            self.v = v
+        return spikes
+
+    def single_step_forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"x must be a torch.Tensor, got {_describe(x)}")
+        spikes, v = self._run(x.unsqueeze(0), self._initial_v(x), False)
+        self.v = v
+        if self.store_v_seq:
+            self._append_v_seq(v)
+        return spikes[0]
+
+    def _append_v_seq(self, v: torch.Tensor) -> None:
+        # spikingjelly restarts the sequence when the shape, device or dtype changes
+        step = v.unsqueeze(0)
+        prev = self.v_seq
+        if prev is None or prev.shape[1:] != step.shape[1:] or prev.device != step.device or prev.dtype != step.dtype:
+            self.v_seq = step.clone()
+        else:
+            self.v_seq = torch.cat((prev, step))
+
+    def _initial_v(self, x_step: torch.Tensor) -> Optional[torch.Tensor]:
+        """The state to start from, shaped like ``x_step``: None for a fresh state at the reset
+        value (the kernels fill it themselves), as spikingjelly materialises it."""
+        v = self.v
+        reset_value = 0.0 if self.v_reset is None else self.v_reset
+        if isinstance(v, torch.Tensor):
+            if v.shape != x_step.shape:
+                return None  # a new input shape starts from a fresh state
+            return v.to(x_step.device)
+        if isinstance(v, (int, float)) and not isinstance(v, bool):
+            if float(v) == reset_value:
+                return None
+            return torch.full(x_step.shape, float(v), dtype=torch.float32, device=x_step.device)
+        raise TypeError(f"{type(self).__name__}.v must be a tensor or a float, got {_describe(v)}")
+
+    def _leak_kwargs(self) -> dict:
+        raise NotImplementedError
+
+    def _decay_input(self) -> bool:
+        return True  # IF has no leak: the flag is unused
+
+    def _run(self, x_seq: torch.Tensor, v_init: Optional[torch.Tensor], store_v_seq: bool):
+        surrogate, why_eager = kernel_surrogate(self.surrogate_function)
+        common = dict(
+            v_threshold=self.v_threshold, v_reset=self.v_reset, decay_input=self._decay_input(),
+            detach_reset=self.detach_reset, store_v_seq=store_v_seq,
+        )
+        if surrogate is not None and not (x_seq.dtype == torch.float64 and self.backend in ("auto", "torch")):
+            name, alpha = surrogate
+            return lif_multistep(
+                x_seq, v_init, **self._leak_kwargs(), **common, surrogate=name, alpha=alpha, backend=self.backend
+            )
+        # The eager loop: fp64 inputs (the kernels take fp32/fp16/bf16), or a surrogate the
+        # kernels do not implement, called on H - v_threshold each step as spikingjelly calls it.
+        if self.backend not in ("auto", "torch"):
+            raise ValueError(
+                f"{type(self).__name__}(backend={self.backend!r}) cannot run: surrogate_function="
+                f"{self.surrogate_function!r}: {why_eager}. Use backend='auto' or 'torch' to run it on the "
+                "eager loop, or a surrogate the kernels implement (" + ", ".join(SPIKINGJELLY_SURROGATES) + ")"
+            )
+        leak = self._leak_kwargs()
+        # with spike_fn given, the reference ignores cfg's surrogate: any valid name will do
+        name, alpha = surrogate if surrogate is not None else ("sigmoid", None)
+        cfg, decay = parse_lif_args(
+            x_seq, v_init, leak.get("tau", 2.0), leak.get("decay"), surrogate=name, alpha=alpha,
+            allow_float64=True, **common,
+        )
+        spike_fn = None if surrogate is not None else self.surrogate_function
+        if spike_fn is not None and not self._eager_warned:
+            self._eager_warned = True
+            warnings.warn(
+                f"tks.{type(self).__name__}: surrogate_function={self.surrogate_function!r}: {why_eager}; this "
+                "layer runs on the eager PyTorch loop over T (slow), calling that surrogate as spikingjelly does",
+                stacklevel=2,
+            )
+        return lif_reference_forward(x_seq, v_init, decay, cfg, spike_fn=spike_fn)
+
+    def extra_repr(self) -> str:
+        return (
+            f"v_threshold={self.v_threshold}, v_reset={self.v_reset}, detach_reset={self.detach_reset}, "
+            f"step_mode={self.step_mode}, backend={self.backend}"
+        )
+
+
+def _describe(value) -> str:
+    if isinstance(value, torch.Tensor):
+        return f"a tensor of shape {tuple(value.shape)}"
+    return f"{type(value).__name__} {value!r}"
+
+
+class LIFNode(_NeuronBase):
+    """Leaky integrate-and-fire neuron, spikingjelly 2.0.0's ``neuron.LIFNode`` on fused kernels.
+
+    Per step: ``H = V + (X - (V - V_reset)) / tau`` (``decay_input``) or
+    ``H = V - (V - V_reset) / tau + X``; ``S = H >= v_threshold``; hard reset ``V = S ? v_reset : H``
+    or soft reset (``v_reset=None``) ``V = H - S * v_threshold``.
+
+    Args:
+        tau: membrane time constant, > 1.
+        decay_input: whether the input is divided by tau too.
+        v_threshold: firing threshold.
+        v_reset: hard-reset value, or None for soft reset.
+        surrogate_function: a spikingjelly surrogate object (Sigmoid, ATan, PiecewiseQuadratic, Erf,
+            PiecewiseExp, SoftSign and SuperSpike run fused, others on the eager loop), one of our
+            names (``tks_kernels.SURROGATES``, default alpha) or a ``(name, alpha)`` pair.
+        detach_reset: the spike in the reset carries no gradient.
+        step_mode: 's' (input ``[N, *]``, one step) or 'm' (input ``[T, N, *]``).
+        store_v_seq: keep ``self.v_seq`` (``[T, N, *]``) besides the last ``self.v``.
+        backend: "auto" | "triton" | "cuda" | "cpp" | "torch" (eager reference); "cupy" = "auto".
+
+    State: ``self.v`` (fp32) carries over between calls until ``reset()`` (or
+    ``spikingjelly.activation_based.functional.reset_net(model)``).
+
+    Example::
+
+        >>> lif = tks.LIFNode(tau=2.0, step_mode="m")
+        >>> spikes = lif(torch.randn(4, 32, 128, device="cuda"))   # [T, N, *]
+        >>> lif.reset()
+    """
+
+    def __init__(
+        self,
+        tau: float = 2.0,
+        decay_input: bool = True,
+        v_threshold: float = 1.0,
+        v_reset: Optional[float] = 0.0,
+        surrogate_function: SurrogateSpec = "sigmoid",
+        detach_reset: bool = False,
+        step_mode: str = "s",
+        store_v_seq: bool = False,
+        *,
+        backend: str = "auto",
+    ):
+        super().__init__(v_threshold, v_reset, surrogate_function, detach_reset, step_mode, store_v_seq, backend)
+        self.tau = _check_tau("tau", tau)
+        self.decay_input = _check_flag("decay_input", decay_input)
+
+    def _leak_kwargs(self) -> dict:
+        return {"tau": self.tau}
+
+    def _decay_input(self) -> bool:
+        return self.decay_input
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + f", tau={self.tau}"
+
+
+class IFNode(_NeuronBase):
+    """Integrate-and-fire neuron (no leak, ``H = V + X``), spikingjelly 2.0.0's ``neuron.IFNode``.
+    Arguments and state as :class:`LIFNode` (without ``tau`` / ``decay_input``)."""
+
+    def __init__(
+        self,
+        v_threshold: float = 1.0,
+        v_reset: Optional[float] = 0.0,
+        surrogate_function: SurrogateSpec = "sigmoid",
+        detach_reset: bool = False,
+        step_mode: str = "s",
+        store_v_seq: bool = False,
+        *,
+        backend: str = "auto",
+    ):
+        super().__init__(v_threshold, v_reset, surrogate_function, detach_reset, step_mode, store_v_seq, backend)
+
+    def _leak_kwargs(self) -> dict:
+        return {"tau": None}
+
+
+class ParametricLIFNode(_NeuronBase):
+    """LIF neuron with a learnable time constant, spikingjelly 2.0.0's ``neuron.ParametricLIFNode``.
+
+    ``1 / tau = sigmoid(w)`` with the parameter ``self.w`` initialised to ``-ln(init_tau - 1)``;
+    the charge multiplies by ``sigmoid(w)`` where :class:`LIFNode` divides by tau. Other
+    arguments and state as :class:`LIFNode`.
+    """
+
+    def __init__(
+        self,
+        init_tau: float = 2.0,
+        decay_input: bool = True,
+        v_threshold: float = 1.0,
+        v_reset: Optional[float] = 0.0,
+        surrogate_function: SurrogateSpec = "sigmoid",
+        detach_reset: bool = False,
+        step_mode: str = "s",
+        store_v_seq: bool = False,
+        *,
+        backend: str = "auto",
+    ):
+        super().__init__(v_threshold, v_reset, surrogate_function, detach_reset, step_mode, store_v_seq, backend)
+        init_tau = _check_tau("init_tau", init_tau)
+        self.decay_input = _check_flag("decay_input", decay_input)
+        self.w = nn.Parameter(torch.as_tensor(-math.log(init_tau - 1.0)))
+
+    def _leak_kwargs(self) -> dict:
+        return {"decay": self.w.sigmoid()}
+
+    def _decay_input(self) -> bool:
+        return self.decay_input
+
+    def extra_repr(self) -> str:
+        with torch.no_grad():
+            tau = 1.0 / self.w.sigmoid()
+        return super().extra_repr() + f", tau={tau}"

@@ -1,0 +1,595 @@
+"""TKS loss: the fused kernels (Triton, on the CPU through the interpreter; C++) against the eager
+reference, the reference against an independent implementation of the TKS authors' formulation,
+the baselines, and the argument checks."""
+import importlib
+import itertools
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from tks_kernels import mean_ce, tet_loss, tks_lambda, tks_loss, tks_loss_reference
+from tks_kernels.tks_loss.config import parse_tks_loss_args
+
+from _utils import assert_equal, assert_rel_close, rel_err
+
+# tks_kernels.tks_loss is the function; the subpackage of the same name is in sys.modules
+tks_loss_pkg = importlib.import_module("tks_kernels.tks_loss")
+
+TOL = 1e-5
+CUDA = torch.cuda.is_available()
+
+
+def cpp_ready():
+    """The C++ backend must be built for these tests; fail (never skip) when it is not."""
+    from tks_kernels.tks_loss.cpp import _load
+
+    reason = _load()
+    if reason:
+        pytest.fail(f"the cpp backend cannot run: {reason}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Inputs
+
+
+def make_logits(T, B, C, scenario, *, seed=0, scale=2.0, dtype=torch.float32, device="cpu"):
+    """Logits [T, B, C] (C >= 2) and labels [B] where the steps whose argmax is the label are
+    random / some / none / all of them, or with tied maxima ("ties"). The label wins or loses by
+    a margin of ~scale/2, so the losses stay O(0.1 .. 10), where an fp32 relative error means
+    something (a loss of 1e-9 is below fp32 resolution in the reference as in the kernels)."""
+    g = torch.Generator().manual_seed(seed)
+    y = torch.randint(0, C, (B,), generator=g)
+    z = torch.randn(T, B, C, generator=g) * scale
+    b_idx = torch.arange(B)
+    others_max = z.scatter(2, y[None, :, None].expand(T, B, 1), float("-inf")).amax(-1)  # [T, B]
+    margin = (0.25 + torch.rand(T, B, generator=g)) * scale
+    if scenario == "random":
+        pass
+    elif scenario in ("some", "none", "all"):
+        pick = {"some": torch.rand(T, B, generator=g) < 0.5, "none": torch.zeros(T, B, dtype=torch.bool),
+                "all": torch.ones(T, B, dtype=torch.bool)}[scenario]
+        z[:, b_idx, y] = torch.where(pick, others_max + margin, others_max - margin)
+    elif scenario == "ties":
+        # small integers: rows often hold their maximum more than once
+        z = torch.randint(-2, 2, (T, B, C), generator=g).float()
+        # the label ties with the maximum on about half of the steps, before or after its first index
+        tie = torch.rand(T, B, generator=g) < 0.5
+        z[:, b_idx, y] = torch.where(tie, z.amax(-1), z[:, b_idx, y])
+        # and on step 0 the label and one other class share the maximum
+        row_max = z[0].amax(-1)
+        z[0, b_idx, y] = row_max
+        z[0, b_idx, (y + 1) % C] = row_max
+    else:
+        raise ValueError(scenario)
+    return z.to(device=device, dtype=dtype), y.to(device)
+
+
+def check_scenario(z, y, scenario):
+    frac = (z.argmax(-1) == y).float().mean().item()
+    if scenario == "none":
+        assert frac == 0.0
+    if scenario == "all":
+        assert frac == 1.0
+    if scenario == "ties":
+        assert (z == z.max(-1, keepdim=True).values).sum(-1).gt(1).any(), "the case must hold ties"
+
+
+# ---------------------------------------------------------------------------------------------
+# Running a backend: value, parts and the gradient of a random weighting of all of them
+
+
+def run(backend, z, y, seed=1, **kw):
+    """Loss, parts and the gradient of ``Σ w·loss + w_ce·ce + w_kd·kd`` (so the ce and kd
+    outputs' own gradients are checked too). ``backend="reference"`` is the eager reference
+    (fp64 when ``z`` is fp64)."""
+    z = z.detach().requires_grad_()
+    if backend == "reference":
+        loss, parts = tks_loss_reference(z, y, return_parts=True, **kw)
+    else:
+        block_c = kw.pop("block_c", None)
+        if block_c is not None:  # the Triton kernels with a small class block
+            from tks_kernels.tks_loss.config import reduce_outputs
+            from tks_kernels.tks_loss.triton import TKSLossTritonFunction
+
+            cfg, yy = parse_tks_loss_args(z, y, kw["lam"], kw.get("temperature", 3.0), kw.get("teacher", "sum"),
+                                          kw.get("detach_teacher", False), kw.get("reduction", "mean"), True)
+            loss, parts = reduce_outputs(*TKSLossTritonFunction.apply(z, yy, cfg, block_c), z.shape[0], cfg)
+        else:
+            loss, parts = tks_loss(z, y, return_parts=True, backend=backend, **kw)
+    g = torch.Generator().manual_seed(seed)
+    w = torch.randn(loss.shape, generator=g).to(z.device, torch.float64)
+    w_ce = torch.randn(parts.ce.shape, generator=g).to(z.device, torch.float64)
+    w_kd = torch.randn(parts.kd.shape, generator=g).to(z.device, torch.float64)
+    total = (loss.double() * w).sum() + (parts.ce.double() * w_ce).sum() + (parts.kd.double() * w_kd).sum()
+    (grad,) = torch.autograd.grad(total, z)
+    return loss.detach(), parts, grad
+
+
+def compare(backend, z, y, tol=TOL, block_c=None, **kw):
+    """``backend`` against the fp64 reference (values and gradient), and the fp32 reference too.
+    ``block_c``: the Triton kernels with that class block."""
+    loss64, parts64, grad64 = run("reference", z.double(), y, **kw)
+    loss32, parts32, grad32 = run("reference", z, y, **kw)
+    loss, parts, grad = run(backend, z, y, **kw, **({} if block_c is None else {"block_c": block_c}))
+    assert loss.dtype == torch.float32 and loss.shape == loss64.shape
+    assert grad.dtype == z.dtype and grad.shape == z.shape
+    assert_rel_close(loss, loss64, tol, "loss")
+    assert_rel_close(parts.ce, parts64.ce, tol, "ce")
+    assert_rel_close(parts.kd, parts64.kd, tol, "kd")
+    assert_equal(parts.selected, parts64.selected.float(), "selected (the argmax mask)")
+    assert_rel_close(grad, grad64, tol, "grad")
+    # the fp32 reference itself is as accurate
+    assert_rel_close(loss32, loss64, tol, "fp32 reference loss")
+    assert_rel_close(grad32, grad64, tol, "fp32 reference grad")
+    return parts64
+
+
+# ---------------------------------------------------------------------------------------------
+# The option grid: every pair of values of every two axes, in 25 cases (greedy all-pairs, cheap
+# cases preferred; the interpreter costs ~3 ms per program per class block and pass).
+
+AXES = dict(
+    T=[1, 4, 10], B=[1, 7, 128], C=[2, 10, 101, 1000], lam=[0.0, 0.3, 1.0], tau=[1.0, 3.0, 5.0],
+    teacher=["sum", "mean"], detach=[False, True], reduction=["mean", "sum", "none"],
+    scenario=["random", "some", "none", "all", "ties"],
+)
+GRID = [
+    (1, 1, 2, 0.0, 1.0, "sum", False, "mean", "random"),
+    (4, 1, 10, 0.3, 3.0, "mean", True, "sum", "some"),
+    (10, 7, 101, 1.0, 5.0, "sum", True, "none", "none"),
+    (1, 128, 1000, 0.3, 5.0, "mean", False, "none", "all"),
+    (4, 7, 2, 1.0, 1.0, "mean", False, "sum", "ties"),
+    (10, 128, 1000, 0.0, 3.0, "sum", True, "mean", "ties"),
+    (4, 1, 101, 0.0, 5.0, "mean", False, "mean", "none"),
+    (1, 7, 10, 1.0, 3.0, "sum", False, "mean", "some"),
+    (10, 128, 2, 0.3, 1.0, "sum", True, "sum", "all"),
+    (4, 1, 1000, 1.0, 1.0, "sum", True, "none", "random"),
+    (10, 7, 10, 0.0, 5.0, "mean", False, "sum", "random"),
+    (1, 128, 101, 0.3, 1.0, "sum", True, "sum", "none"),
+    (10, 1, 2, 0.0, 3.0, "sum", False, "none", "some"),
+    (4, 7, 101, 0.3, 3.0, "sum", False, "mean", "all"),
+    (1, 1, 10, 0.3, 1.0, "sum", False, "none", "ties"),
+    (4, 128, 1000, 1.0, 1.0, "sum", False, "sum", "some"),
+    (1, 128, 10, 0.3, 3.0, "sum", False, "mean", "random"),
+    (1, 1, 2, 0.0, 5.0, "sum", False, "mean", "all"),
+    (1, 7, 1000, 0.0, 3.0, "sum", False, "mean", "none"),
+    (1, 1, 10, 1.0, 1.0, "sum", False, "mean", "all"),
+    (1, 1, 101, 0.0, 5.0, "sum", False, "mean", "some"),
+    (1, 1, 101, 0.0, 5.0, "sum", False, "mean", "ties"),
+    (1, 1, 2, 0.0, 1.0, "sum", False, "mean", "none"),
+    (1, 1, 10, 0.0, 1.0, "sum", False, "mean", "none"),
+    (1, 1, 101, 0.0, 1.0, "sum", False, "mean", "random"),
+]
+GRID_IDS = [f"T{c[0]}-B{c[1]}-C{c[2]}-lam{c[3]}-tau{c[4]:g}-{c[5]}-det{int(c[6])}-{c[7]}-{c[8]}" for c in GRID]
+
+
+def test_grid_covers_every_pair():
+    values = list(AXES.values())
+    for i, j in itertools.combinations(range(len(values)), 2):
+        seen = {(case[i], case[j]) for case in GRID}
+        missing = set(itertools.product(values[i], values[j])) - seen
+        assert not missing, f"{list(AXES)[i]} x {list(AXES)[j]}: {sorted(missing, key=str)[:5]}"
+
+
+def grid_kwargs(case):
+    T, B, C, lam, tau, teacher, detach, reduction, scenario = case
+    return dict(lam=lam, temperature=tau, teacher=teacher, detach_teacher=detach, reduction=reduction)
+
+
+@pytest.mark.parametrize("case", GRID, ids=GRID_IDS)
+def test_triton_matches_reference(device, case):
+    T, B, C, *_, scenario = case
+    z, y = make_logits(T, B, C, scenario, seed=GRID.index(case), device=device)
+    check_scenario(z, y, scenario)
+    compare("triton", z, y, **grid_kwargs(case))
+
+
+@pytest.mark.parametrize("case", GRID, ids=GRID_IDS)
+def test_cpp_matches_reference(case):
+    cpp_ready()
+    T, B, C, *_, scenario = case
+    z, y = make_logits(T, B, C, scenario, seed=GRID.index(case))
+    check_scenario(z, y, scenario)
+    compare("cpp", z, y, **grid_kwargs(case))
+
+
+@pytest.mark.parametrize("scenario", ["some", "ties"])
+def test_cpp_every_option(scenario):
+    """The C++ kernels are cheap: every combination of the scalar options on one shape (no and
+    every step selected: in the grid)."""
+    cpp_ready()
+    z, y = make_logits(5, 9, 37, scenario, seed=3)
+    for lam, tau, teacher, detach, reduction in itertools.product(
+        AXES["lam"], AXES["tau"], AXES["teacher"], AXES["detach"], AXES["reduction"]
+    ):
+        compare("cpp", z, y, lam=lam, temperature=tau, teacher=teacher, detach_teacher=detach, reduction=reduction)
+
+
+# Several class blocks on small C: the online max / argmax / softmax statistics across blocks.
+MULTI_BLOCK = [
+    (3, 5, 101, 16, "some", "sum", False),
+    (10, 4, 101, 32, "random", "mean", False),
+    (4, 3, 40, 16, "ties", "sum", False),
+    (7, 3, 50, 16, "all", "mean", True),
+    (2, 3, 33, 16, "none", "sum", False),  # last block holds one class
+]
+
+
+@pytest.mark.parametrize("T,B,C,block_c,scenario,teacher,detach", MULTI_BLOCK,
+                         ids=[f"T{c[0]}-C{c[2]}-block{c[3]}-{c[4]}-{c[5]}-det{int(c[6])}" for c in MULTI_BLOCK])
+def test_triton_multi_block(device, T, B, C, block_c, scenario, teacher, detach):
+    z, y = make_logits(T, B, C, scenario, seed=C, device=device)
+    for reduction in ("mean", "none"):
+        compare("triton", z, y, block_c=block_c, lam=0.4, temperature=2.0, teacher=teacher,
+                detach_teacher=detach, reduction=reduction)
+
+
+# ---------------------------------------------------------------------------------------------
+# Ties, the mask, and the teacher's gradient
+
+
+def tie_case(device, C=40):
+    """Four samples, one step each, tied maxima at classes 5 and 30 (different blocks of 16):
+    label 5 (first maximum: selected), 30 (not), 7 (not), and a row that is all equal with
+    label 0 (selected) -- as torch.argmax decides."""
+    z = torch.zeros(1, 4, C)
+    z[0, :3, 5] = 2.0
+    z[0, :3, 30] = 2.0
+    y = torch.tensor([5, 30, 7, 0])
+    return z.to(device), y.to(device), torch.tensor([1.0, 0.0, 0.0, 1.0])
+
+
+@pytest.mark.parametrize("backend", ["triton", "triton-multi-block", "cpp", "torch"])
+def test_ties_take_the_first_maximum(device, backend):
+    if backend == "cpp":
+        cpp_ready()
+        device = "cpu"
+    z, y, expected = tie_case(device)
+    assert_equal((z.argmax(-1) == y).float()[0].cpu(), expected, "torch.argmax agrees with the case")
+    kw = dict(lam=0.5, reduction="none")
+    if backend == "triton-multi-block":
+        kw["block_c"] = 16
+        backend = "triton"
+    loss, parts, grad = run(backend, z, y, **kw)
+    assert_equal(parts.selected.cpu(), expected, "selected per sample")
+    compare(backend, z, y, **kw)
+
+
+def test_teacher_gradient_is_exercised(device):
+    """Detaching the teacher changes the gradient (and not the value) when steps are selected."""
+    z, y = make_logits(4, 6, 10, "some", seed=5, device=device)
+    loss_a, _, grad_a = run("triton", z, y, lam=0.7)
+    loss_b, _, grad_b = run("triton", z, y, lam=0.7, detach_teacher=True)
+    assert_rel_close(loss_a, loss_b, 1e-6, "detach does not change the value")
+    assert rel_err(grad_a, grad_b) > 1e-3
+
+
+def test_mask_is_not_differentiated(device):
+    """kd alone through a "mean" teacher of the selected steps: the count divides the teacher
+    but gets no gradient, in the kernels as in the reference."""
+    z, y = make_logits(3, 4, 6, "some", seed=11, device=device)
+    compare("triton", z, y, lam=1.0, teacher="mean", temperature=1.0)
+
+
+@pytest.mark.parametrize("scale", [15.0, 50.0])
+@pytest.mark.parametrize("scenario", ["all", "some"])
+@pytest.mark.parametrize("backend", ["triton", "cpp"])
+def test_large_logits_as_accurate_as_the_reference(device, backend, scenario, scale):
+    """|logits| up to ~200: confident steps make ce and kd tiny (down to 1e-12 and 0 in fp32),
+    beyond any fp32 relative tolerance. The fused kernels must be no less accurate than the fp32
+    reference there (both against fp64); the gradient through a confident, correct teacher is
+    formed from non-negative terms, so it does not cancel the logits' magnitude."""
+    if backend == "cpp":
+        cpp_ready()
+        device = "cpu"
+    z, y = make_logits(4, 8, 100, scenario, seed=2, scale=scale, device=device)
+    kw = dict(lam=0.5, temperature=3.0, reduction="none")
+    loss64, parts64, grad64 = run("reference", z.double(), y, **kw)
+    loss32, parts32, grad32 = run("reference", z, y, **kw)
+    loss, parts, grad = run(backend, z, y, **kw)
+    for what, a, a32, b in [("loss", loss, loss32, loss64), ("ce", parts.ce, parts32.ce, parts64.ce),
+                            ("kd", parts.kd, parts32.kd, parts64.kd), ("grad", grad, grad32, grad64)]:
+        err, err32 = rel_err(a, b), rel_err(a32, b)
+        assert err <= 2 * err32 + TOL, f"{what}: error {err:.2e}, fp32 reference {err32:.2e}"
+
+
+@pytest.mark.parametrize("layout", ["batch_first", "class_strided"])
+def test_strided_logits(device, layout):
+    """[B, T, C] outputs transposed (the authors' stacking), and a class dim that is not contiguous."""
+    z, y = make_logits(4, 6, 33, "some", seed=4, device=device)
+    if layout == "batch_first":
+        z = z.transpose(0, 1).contiguous().transpose(0, 1)
+    else:
+        z = z.transpose(1, 2).contiguous().transpose(1, 2)
+    backends = ["triton"] + (["cpp"] if device == "cpu" else [])
+    for backend in backends:
+        if backend == "cpp":
+            cpp_ready()
+        compare(backend, z, y, lam=0.3, teacher="mean")
+
+
+# ---------------------------------------------------------------------------------------------
+# Low precision: logits read as they are, arithmetic in fp32, the gradient rounded once
+
+
+LOW_PRECISION = [(4, 7, 101, "some"), (10, 3, 1000, "ties"), (1, 5, 10, "all")]
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+@pytest.mark.parametrize("T,B,C,scenario", LOW_PRECISION, ids=[f"T{c[0]}-B{c[1]}-C{c[2]}-{c[3]}" for c in LOW_PRECISION])
+@pytest.mark.parametrize("backend", ["triton", "cpp"])
+def test_low_precision(device, backend, dtype, T, B, C, scenario):
+    if backend == "cpp":
+        cpp_ready()
+        device = "cpu"
+    z, y = make_logits(T, B, C, scenario, seed=7, dtype=dtype, device=device)
+    kw = dict(lam=0.3, temperature=3.0, teacher="sum", reduction="none")
+    loss64, parts64, grad64 = run("reference", z.double(), y, **kw)
+    loss, parts, grad = run(backend, z, y, **kw)
+    _, _, grad_ref_lp = run("reference", z, y, **kw)  # the reference, gradient rounded to dtype
+    assert grad.dtype == dtype
+    # the values are computed in fp32 from the same (exactly upcast) logits
+    assert_rel_close(loss, loss64, TOL, "loss")
+    assert_equal(parts.selected, parts64.selected.float(), "selected")
+    # the gradient is rounded to dtype once: half an ulp, and no worse than the reference's
+    err, err_ref = rel_err(grad, grad64), rel_err(grad_ref_lp, grad64)
+    assert err <= torch.finfo(dtype).eps / 2 * 1.01 + TOL, err
+    assert err <= 2 * err_ref + TOL, (err, err_ref)
+
+
+# ---------------------------------------------------------------------------------------------
+# The reference against an independent implementation of the authors' formulation
+
+
+def authors_formulation(logits, target, lam, temperature, teacher="sum", detach_teacher=False):
+    """The TKS loss as the authors' training code phrases it (Brain-Cog-Lab/TKS): per-step
+    outputs in a list, the mask from ``max(dim)`` indices, the teacher from the masked sum, CE of
+    the averaged output, and per step a soft CE ``τ²·mean_b(−Σ_c softmax(teacher/τ)·log_softmax(z_t))``
+    averaged over steps, mixed as ``(1 − lam)·ce + lam·kd``. Written here from the formulation,
+    loop by loop, to check the package's reference."""
+    outputs = [logits[t] for t in range(logits.shape[0])]
+    steps = len(outputs)
+    stacked = torch.stack(outputs, dim=1)  # [B, T, C]
+    selected = (stacked.max(dim=2).indices == target.unsqueeze(1)).to(stacked.dtype)
+    soft = (stacked * selected.unsqueeze(2)).sum(dim=1)
+    if teacher == "mean":
+        soft = soft / torch.clamp(selected.sum(dim=1, keepdim=True), min=1.0)
+    if detach_teacher:
+        soft = soft.detach()
+    ce = F.cross_entropy(sum(outputs) / steps, target)
+    probs = F.softmax(soft / temperature, dim=1)
+    kd = 0.0
+    for out in outputs:
+        kd = kd + temperature ** 2 * (-probs * F.log_softmax(out, dim=1)).mean(0).sum()
+    kd = kd / steps
+    return (1.0 - lam) * ce + lam * kd
+
+
+AUTHOR_CASES = [
+    (4, 16, 10, 0.7, 3.0, "sum", False, "some"),
+    (10, 8, 101, 0.3, 5.0, "sum", False, "random"),
+    (6, 5, 7, 1.0, 1.0, "mean", False, "ties"),
+    (3, 4, 5, 0.5, 2.0, "sum", True, "all"),
+    (2, 6, 4, 0.5, 4.0, "mean", True, "none"),
+]
+
+
+@pytest.mark.parametrize("T,B,C,lam,tau,teacher,detach,scenario", AUTHOR_CASES,
+                         ids=[f"T{c[0]}-C{c[2]}-{c[5]}-det{int(c[6])}-{c[7]}" for c in AUTHOR_CASES])
+def test_reference_matches_authors_formulation(T, B, C, lam, tau, teacher, detach, scenario):
+    z, y = make_logits(T, B, C, scenario, seed=B)
+    z = z.double().requires_grad_()
+    kw = dict(lam=lam, temperature=tau, teacher=teacher, detach_teacher=detach)
+    ours = tks_loss_reference(z, y, **kw)
+    theirs = authors_formulation(z, y, lam, tau, teacher, detach)
+    assert_rel_close(ours, theirs, 1e-12, "mean loss")
+    g_ours, = torch.autograd.grad(ours, z)
+    g_theirs, = torch.autograd.grad(theirs, z)
+    assert_rel_close(g_ours, g_theirs, 1e-12, "grad")
+    # per sample ("none") is the loss of each sample alone; "sum" is their sum
+    per_sample = tks_loss_reference(z, y, reduction="none", **kw)
+    alone = torch.stack([authors_formulation(z[:, b:b + 1], y[b:b + 1], lam, tau, teacher, detach) for b in range(B)])
+    assert_rel_close(per_sample, alone, 1e-12, "per-sample loss")
+    assert_rel_close(tks_loss_reference(z, y, reduction="sum", **kw), alone.sum(), 1e-12, "summed loss")
+
+
+def test_parts_mix_into_the_loss(device):
+    z, y = make_logits(4, 6, 10, "some", seed=9, device=device)
+    for reduction in ("mean", "sum", "none"):
+        loss, parts = tks_loss(z, y, lam=0.3, reduction=reduction, return_parts=True)
+        assert_rel_close(loss, 0.7 * parts.ce + 0.3 * parts.kd, 1e-6, f"loss = mix of parts ({reduction})")
+    loss, parts = tks_loss(z, y, lam=0.3, return_parts=True)
+    assert parts.selected.item() == (z.argmax(-1) == y).float().mean().item()
+    assert loss.shape == () and tks_loss(z, y, lam=0.3, reduction="none").shape == (6,)
+
+
+def test_no_correct_step_gives_a_uniform_teacher():
+    """No step predicts the label: the teacher is the zero vector, p uniform, for both modes."""
+    z, y = make_logits(3, 2, 5, "none", seed=1)
+    for teacher in ("sum", "mean"):
+        _, parts = tks_loss_reference(z.double(), y, lam=1.0, temperature=2.0, teacher=teacher, return_parts=True,
+                                      reduction="none")
+        uniform = -(torch.log_softmax(z.double(), -1).mean(-1)).sum(0) * (4.0 / 3)
+        assert_rel_close(parts.kd, uniform, 1e-12, f"kd with a uniform teacher ({teacher})")
+
+
+# ---------------------------------------------------------------------------------------------
+# Backends, compile, double backward
+
+
+def test_auto_backend_on_cpu_is_cpp(monkeypatch):
+    cpp_ready()
+    z, y = make_logits(2, 3, 4, "some")
+    called = []
+    cpp_mod = importlib.import_module("tks_kernels.tks_loss.cpp")
+
+    original = cpp_mod.tks_loss_cpp_per_sample
+    monkeypatch.setattr(cpp_mod, "tks_loss_cpp_per_sample", lambda *a: called.append(1) or original(*a))
+    tks_loss(z, y, lam=0.5)
+    assert called == [1]
+
+
+@pytest.mark.skipif(not CUDA, reason="needs a CUDA device: auto -> triton and cpp refusing CUDA tensors")
+def test_auto_backend_on_cuda_is_triton(monkeypatch):
+    z, y = make_logits(2, 3, 4, "some", device="cuda")
+    triton_mod = importlib.import_module("tks_kernels.tks_loss.triton")
+
+    called = []
+    original = triton_mod.tks_loss_forward_triton
+    monkeypatch.setattr(triton_mod, "tks_loss_forward_triton", lambda *a: called.append(1) or original(*a))
+    tks_loss(z, y, lam=0.5)
+    assert called == [1]
+    with pytest.raises(RuntimeError, match="CPU tensors"):
+        tks_loss(z, y, lam=0.5, backend="cpp")
+
+
+def test_cuda_backend_name_points_to_triton():
+    z, y = make_logits(2, 3, 4, "some")
+    with pytest.raises(RuntimeError, match="no CUDA kernel for tks_loss, use backend='triton'"):
+        tks_loss(z, y, lam=0.5, backend="cuda")
+
+
+def test_cpp_op_registration():
+    """Schema, fake (meta) implementation, autograd registration: torch.library.opcheck."""
+    cpp_ready()
+    z, y = make_logits(4, 5, 7, "some")
+    z.requires_grad_()
+    torch.library.opcheck(torch.ops.tks.tks_loss_forward.default, (z, y, 0.3, 3.0, False, False))
+    saved = [s.detach() for s in torch.ops.tks.tks_loss_forward(z, y, 0.3, 3.0, True, False)[3:]]
+    torch.library.opcheck(torch.ops.tks.tks_loss_backward.default,
+                          (z.detach(), y, *saved, torch.ones(5), None, torch.randn(5), 0.3, 3.0, False))
+
+
+def test_cpp_under_torch_compile():
+    cpp_ready()
+    z, y = make_logits(4, 5, 7, "some")
+    compiled = torch.compile(lambda z, y: tks_loss(z, y, lam=0.3, backend="cpp"), backend="aot_eager", fullgraph=True)
+    z1, z2 = z.clone().requires_grad_(), z.clone().requires_grad_()
+    loss = compiled(z1, y)
+    loss.backward()
+    ref = tks_loss(z2, y, lam=0.3, backend="torch")
+    ref.backward()
+    assert_rel_close(loss.detach(), ref.detach(), TOL, "compiled loss")
+    assert_rel_close(z1.grad, z2.grad, TOL, "compiled grad")
+
+
+@pytest.mark.parametrize("backend", ["triton", "cpp"])
+def test_double_backward_raises(device, backend):
+    if backend == "cpp":
+        cpp_ready()
+        device = "cpu"
+    z, y = make_logits(2, 3, 4, "some", device=device)
+    z.requires_grad_()
+    (grad,) = torch.autograd.grad(tks_loss(z, y, lam=0.5, backend=backend), z, create_graph=True)
+    with pytest.raises(RuntimeError):
+        grad.sum().backward()
+
+
+# ---------------------------------------------------------------------------------------------
+# Bad input: a clear error before any kernel runs
+
+
+def _bad_inputs():
+    z, y = make_logits(3, 4, 5, "some")
+    ok = dict(lam=0.5)
+    return [
+        ("target above C", (z, torch.tensor([0, 1, 5, 2])), ok, ValueError, "class index 5, outside \\[0, 5\\)"),
+        ("negative target", (z, torch.tensor([0, -1, 2, 2])), ok, ValueError, "class index -1"),
+        ("float target", (z, y.float()), ok, TypeError, "integer class indices"),
+        ("bool target", (z, y > 0), ok, TypeError, "integer class indices"),
+        ("target shape", (z, y[:3]), ok, ValueError, "target has shape \\(3,\\)"),
+        ("2-D target", (z, y[None]), ok, ValueError, "must be \\[B\\]"),
+        ("2-D logits", (z[0], y), ok, ValueError, "\\[T, B, C\\]"),
+        ("T = 0", (z[:0], y), ok, ValueError, "T >= 1"),
+        ("int logits", (z.long(), y), ok, TypeError, "logits has dtype torch.int64"),
+        ("fp64 logits", (z.double(), y), ok, TypeError, "logits has dtype torch.float64"),
+        ("temperature 0", (z, y), dict(lam=0.5, temperature=0.0), ValueError, "temperature must be > 0"),
+        ("temperature < 0", (z, y), dict(lam=0.5, temperature=-1.0), ValueError, "temperature must be > 0"),
+        ("temperature nan", (z, y), dict(lam=0.5, temperature=float("nan")), ValueError, "temperature must be finite"),
+        ("lam > 1", (z, y), dict(lam=1.5), ValueError, "lam must be in \\[0, 1\\]"),
+        ("lam < 0", (z, y), dict(lam=-0.1), ValueError, "lam must be in \\[0, 1\\]"),
+        ("lam tensor", (z, y), dict(lam=torch.tensor(0.5)), TypeError, "lam must be a float"),
+        ("teacher", (z, y), dict(lam=0.5, teacher="max"), ValueError, "teacher='max' is not supported"),
+        ("reduction", (z, y), dict(lam=0.5, reduction="batchmean"), ValueError, "reduction='batchmean'"),
+        ("detach flag", (z, y), dict(lam=0.5, detach_teacher=1), TypeError, "detach_teacher must be a bool"),
+        ("backend", (z, y), dict(lam=0.5, backend="cudnn"), ValueError, "backend='cudnn' is not supported"),
+    ]
+
+
+@pytest.mark.parametrize("case", _bad_inputs(), ids=lambda c: c[0] if isinstance(c, tuple) else None)
+def test_bad_input_raises_before_any_kernel(monkeypatch, case):
+    _, args, kw, error, message = case
+
+    def no_kernel(*a, **k):
+        raise AssertionError("a kernel ran on bad input")
+
+    monkeypatch.setattr(tks_loss_pkg, "_dispatch", no_kernel)
+    with pytest.raises(error, match=message):
+        tks_loss(*args, **kw)
+    if "backend" not in kw and "float64" not in message:  # the reference also takes fp64 (an oracle)
+        with pytest.raises(error, match=message):
+            tks_loss_reference(*args, **kw)
+
+
+@pytest.mark.skipif(not CUDA, reason="needs a CUDA device: the label range is checked on the host, not by a device assert")
+def test_bad_target_on_cuda_raises_cleanly():
+    z, _ = make_logits(3, 4, 5, "some", device="cuda")
+    with pytest.raises(ValueError, match="class index 7"):
+        tks_loss(z, torch.tensor([0, 7, 1, 2], device="cuda"), lam=0.5)
+    torch.cuda.synchronize()  # the context is still usable: no device assert fired
+    tks_loss(z, torch.tensor([0, 4, 1, 2], device="cuda"), lam=0.5)
+
+
+def test_cpp_kernel_checks_its_own_inputs():
+    """The op called directly (no Python checks) still refuses a bad label."""
+    cpp_ready()
+    z, y = make_logits(3, 4, 5, "some")
+    with pytest.raises(RuntimeError, match="outside \\[0, 5\\)"):
+        torch.ops.tks.tks_loss_forward(z, torch.tensor([0, 1, 9, 2]), 0.5, 3.0, False, False)
+
+
+# ---------------------------------------------------------------------------------------------
+# Schedule and baselines
+
+
+def test_tks_lambda():
+    assert tks_lambda(0, 300, 0.7) == 0.0
+    assert tks_lambda(150, 300, 0.7) == 0.35
+    assert tks_lambda(300, 300, 0.7) == 0.7
+    assert tks_lambda(400, 300, 0.3) == 0.3  # held at lam_max after the last epoch
+    assert abs(tks_lambda(99, 100, 0.3) - 0.297) < 1e-15
+    for bad, error in [((0, 0, 0.7), ValueError), ((-1, 10, 0.7), ValueError), ((1, 10, 1.5), ValueError),
+                       ((1.0, 10, 0.7), TypeError)]:
+        with pytest.raises(error):
+            tks_lambda(*bad)
+
+
+def test_mean_ce_and_label_smoothing():
+    z, y = make_logits(4, 6, 10, "random", seed=2)
+    z = z.double()
+    assert_rel_close(mean_ce(z, y), F.cross_entropy(z.mean(0), y), 1e-12, "mean CE")
+    s = 0.1
+    logp = torch.log_softmax(z.mean(0), -1)
+    smoothed = (1 - s) * -logp.gather(1, y[:, None])[:, 0] + s * -logp.mean(-1)
+    assert_rel_close(mean_ce(z, y, label_smoothing=s, reduction="none"), smoothed, 1e-12, "label smoothing")
+    assert_rel_close(mean_ce(z, y, label_smoothing=s, reduction="sum"), smoothed.sum(), 1e-12, "sum")
+    assert mean_ce(z.float(), y).dtype == torch.float32
+    with pytest.raises(ValueError, match="label_smoothing"):
+        mean_ce(z, y, label_smoothing=1.5)
+
+
+def test_tet_loss():
+    z, y = make_logits(4, 6, 10, "random", seed=3)
+    z = z.double()
+    lam, phi = 1e-3, 1.0
+    # TET: each step supervised, plus the MSE of every logit to phi over all T·B·C entries
+    ce_steps = sum(F.cross_entropy(z[t], y) for t in range(4)) / 4
+    expected = (1 - lam) * ce_steps + lam * F.mse_loss(z, torch.full_like(z, phi))
+    assert_rel_close(tet_loss(z, y), expected, 1e-12, "TET")
+    per_sample = tet_loss(z, y, lam=0.2, phi=0.5, reduction="none")
+    alone = torch.stack([tet_loss(z[:, b:b + 1], y[b:b + 1], lam=0.2, phi=0.5) for b in range(6)])
+    assert_rel_close(per_sample, alone, 1e-12, "TET per sample")
+    assert_rel_close(tet_loss(z, y, lam=0.2, phi=0.5), alone.mean(), 1e-12, "TET mean of samples")
+    with pytest.raises(ValueError, match="target holds class index 10"):
+        tet_loss(z, torch.full((6,), 10))

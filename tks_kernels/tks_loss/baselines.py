@@ -1,0 +1,74 @@
+"""Baselines of the TKS ablations (eager torch): CE of the mean output, with or without label
+smoothing, and TET. Each takes ``[T, B, C]`` logits like :func:`tks_kernels.tks_loss` and
+computes in fp32."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from .._checks import check_choice, check_real
+from .config import REDUCTIONS, parse_tks_loss_args
+
+
+def _check(logits, target, reduction) -> torch.Tensor:
+    # the same tensor checks as tks_loss (the defaults of its other arguments are valid)
+    _, target = parse_tks_loss_args(logits, target, 0.0, 1.0, "sum", False, "mean", False, allow_float64=True)
+    if not isinstance(reduction, str):
+        raise TypeError(f"reduction must be a str, one of {REDUCTIONS}, got {reduction!r}")
+    check_choice("reduction", reduction, REDUCTIONS)
+    return target
+
+
+def _reduce(per_sample: torch.Tensor, reduction: str) -> torch.Tensor:
+    if reduction == "mean":
+        return per_sample.mean()
+    if reduction == "sum":
+        return per_sample.sum()
+    return per_sample
+
+
+def _compute_dtype(logits: torch.Tensor) -> torch.dtype:
+    return torch.float64 if logits.dtype == torch.float64 else torch.float32
+
+
+def mean_ce(
+    logits: torch.Tensor, target: torch.Tensor, *, label_smoothing: float = 0.0, reduction: str = "mean"
+) -> torch.Tensor:
+    """Cross-entropy of the mean output ``mean_t logits[t]`` (the usual SNN loss; the TKS paper's
+    "baseline"), optionally with label smoothing ("LS" in its ablation, e.g. 0.1):
+    ``(1 − s) · CE + s · mean_c(−log_softmax)``, as torch's ``label_smoothing`` and timm's
+    ``LabelSmoothingCrossEntropy``.
+
+    logits ``[T, B, C]``, target ``[B]`` int; returns fp32, 0-dim or ``[B]`` (``reduction="none"``).
+    """
+    target = _check(logits, target, reduction)
+    label_smoothing = check_real("label_smoothing", label_smoothing)
+    if not 0.0 <= label_smoothing <= 1.0:
+        raise ValueError(f"label_smoothing must be in [0, 1], got {label_smoothing}")
+    zbar = logits.to(_compute_dtype(logits)).mean(0)
+    per_sample = F.cross_entropy(zbar, target, reduction="none", label_smoothing=label_smoothing)
+    return _reduce(per_sample, reduction)
+
+
+def tet_loss(
+    logits: torch.Tensor, target: torch.Tensor, *, lam: float = 1e-3, phi: float = 1.0, reduction: str = "mean"
+) -> torch.Tensor:
+    """TET, Temporal Efficient Training (Deng et al., ICLR 2022): every step is supervised,
+    ``(1 − lam) · mean_t CE(z_t, y) + lam · MSE(z, phi)``, the MSE between every logit and the
+    constant ``phi``, averaged over all ``T·B·C`` entries (TET's code: ``lam = 1e-3``, ``phi = 1``).
+
+    Per sample (``reduction="none"``): ``(1 − lam) · mean_t CE(z_{t,b}, y_b) + lam ·
+    mean_{t,c} (z_{t,b,c} − phi)²``; its mean over ``b`` is the batch loss above.
+    logits ``[T, B, C]``, target ``[B]`` int; returns fp32, 0-dim or ``[B]``.
+    """
+    target = _check(logits, target, reduction)
+    lam = check_real("lam", lam)
+    if not 0.0 <= lam <= 1.0:
+        raise ValueError(f"lam must be in [0, 1], got {lam}")
+    phi = check_real("phi", phi)
+    z = logits.to(_compute_dtype(logits))
+    T, B, C = z.shape
+    ce_tb = F.cross_entropy(z.reshape(T * B, C), target.repeat(T), reduction="none").reshape(T, B)
+    mse_b = (z - phi).square().mean(dim=(0, 2))
+    per_sample = (1.0 - lam) * ce_tb.mean(0) + lam * mse_b
+    return _reduce(per_sample, reduction)

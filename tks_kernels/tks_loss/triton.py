@@ -1,0 +1,320 @@
+"""Fused TKS loss in Triton: one forward launch, one backward launch, one program per sample.
+
+Per sample ``b`` (z_t = logits[t, b], y = target[b], m_t = [argmax z_t == y], w = 1 for the
+"sum" teacher, 1 / max(Σ_t m_t, 1) for "mean"):
+
+    z̄ = mean_t z_t,   u = w Σ_t m_t z_t,   p = softmax(u / τ)
+    ce = lse(z̄) − z̄_y
+    kd = (τ² / T) Σ_t Σ_c p_c (lse(z_t) − z_{t,c})          (every term >= 0: no cancellation)
+    loss = (1 − λ) ce + λ kd
+
+Backward, with g_ce = (1 − λ) g_loss + g_ce_out and g_kd = λ g_loss + g_kd_out per sample:
+
+    ∂/∂z_{t,c} = g_ce / T · (softmax(z̄)_c − [c = y])
+               + g_kd τ² / T · (softmax(z_t)_c − p_c)
+               − g_kd τ w m_t · p_c (z̄_c − p·z̄)               (through the teacher, unless detached)
+
+computed as z̄_c − p·z̄ = p·N̄ − N̄_c with N̄_c = mean_t (lse(z_t) − z_{t,c}) >= 0 (well conditioned).
+
+The mask is piecewise constant, so no gradient flows through it (nor through w).
+
+Forward kernel: the program walks C in blocks of ``BLOCK_C`` with every step of the sample in
+one ``[BLOCK_T, BLOCK_C]`` tile. Pass 1 keeps, per step, an online max, first argmax and sum of
+exponentials; pass 2 (the mask now known) accumulates z̄, the teacher, and online softmax
+statistics of z̄ and u / τ. When C fits one block both passes share one load, so the logits are
+read once; otherwise pass 2 re-reads the sample's ``T·C`` slab, which is still in L2.
+Saved for backward: per (b, t) the step's max, log-sum-exp offset and mask, per b 8 floats
+(see ``STATS``), and the logits (referenced, not copied). The backward reads the logits once and
+writes dlogits once.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import triton
+import triton.language as tl
+from torch.autograd.function import once_differentiable
+
+from .._backends import triton_interpreter_enabled
+from .config import TKSLossConfig
+
+# Per-sample statistics saved by the forward for the backward, columns of ``stats`` [B, 8].
+STATS = ("zbar_max", "zbar_logsum", "u_max", "u_logsum", "p_dot_nll", "w", "n_selected", "unused")
+N_STATS = len(STATS)
+# Elements of one [BLOCK_T, BLOCK_C] tile: at most 16 fp32 values per thread and tile (the
+# backward holds a few tiles of temporaries at once).
+MAX_TILE = 4096
+
+
+def _num_warps(block_t: int, block_c: int) -> int:
+    return max(1, min(8, block_t * block_c // 512))
+
+
+@triton.jit
+def _pass1_update(x, cols, run_max, run_sum, run_arg):
+    """Fold one tile (invalid columns at -inf) into each step's online max, sum of exp, argmax."""
+    blk_max = tl.max(x, axis=1)
+    # first index of the maximum, as torch.argmax
+    blk_arg = tl.min(tl.where(x == blk_max[:, None], cols[None, :], 2147483647), axis=1)
+    run_arg = tl.where(blk_max > run_max, blk_arg, run_arg)  # strict: an earlier block wins a tie
+    new_max = tl.maximum(run_max, blk_max)
+    run_sum = run_sum * tl.exp(run_max - new_max) + tl.sum(tl.exp(x - new_max[:, None]), axis=1)
+    return new_max, run_sum, run_arg
+
+
+@triton.jit
+def _tks_loss_forward_kernel(
+    logits_ptr, target_ptr,
+    loss_ptr, ce_ptr, kd_ptr, row_max_ptr, row_logsum_ptr, mask_ptr, stats_ptr,
+    T, C, stride_t, stride_b,
+    lam, inv_tau, kd_scale, inv_t,
+    TEACHER_MEAN: tl.constexpr, ONE_BLOCK: tl.constexpr,
+    BLOCK_T: tl.constexpr, BLOCK_C: tl.constexpr,
+):
+    b = tl.program_id(0).to(tl.int64)
+    t_idx = tl.arange(0, BLOCK_T)
+    t_valid = t_idx < T
+    c_base = tl.arange(0, BLOCK_C)
+    # int64 offsets: T * B * C may pass 2**31
+    rows = logits_ptr + b * stride_b + t_idx.to(tl.int64)[:, None] * stride_t  # [BLOCK_T, 1]
+    y = tl.load(target_ptr + b).to(tl.int32)
+
+    # Pass 1: per step, online max / first argmax / sum of exp over C.
+    run_max = tl.full([BLOCK_T], float("-inf"), tl.float32)
+    run_sum = tl.zeros([BLOCK_T], dtype=tl.float32)
+    run_arg = tl.zeros([BLOCK_T], dtype=tl.int32)
+    if ONE_BLOCK:
+        cols = c_base
+        c_valid = cols < C
+        # padded steps read 0 (finite, never used); padded classes are -inf in every max / sum
+        x_one = tl.load(rows + cols[None, :], mask=t_valid[:, None] & c_valid[None, :], other=0.0).to(tl.float32)
+        run_max, run_sum, run_arg = _pass1_update(
+            tl.where(c_valid[None, :], x_one, float("-inf")), cols, run_max, run_sum, run_arg)
+    else:
+        for c0 in range(0, C, BLOCK_C):
+            cols = c0 + c_base
+            c_valid = cols < C
+            x = tl.load(rows + cols[None, :], mask=t_valid[:, None] & c_valid[None, :], other=0.0).to(tl.float32)
+            run_max, run_sum, run_arg = _pass1_update(
+                tl.where(c_valid[None, :], x, float("-inf")), cols, run_max, run_sum, run_arg)
+    row_logsum = tl.log(run_sum)
+    m = tl.where(t_valid & (run_arg == y), 1.0, 0.0)  # [BLOCK_T] fp32 0/1
+    n_sel = tl.sum(m, axis=0)
+    if TEACHER_MEAN:
+        w = 1.0 / tl.maximum(n_sel, 1.0)  # no selected step: the teacher is 0 whatever w is
+    else:
+        w = n_sel * 0.0 + 1.0
+    out = b * T + t_idx
+    tl.store(row_max_ptr + out, run_max, mask=t_valid)
+    tl.store(row_logsum_ptr + out, row_logsum, mask=t_valid)
+    tl.store(mask_ptr + out, m, mask=t_valid)
+
+    # Pass 2: z̄ and the teacher per class block; online softmax statistics of both.
+    zbar_max = tl.full([], float("-inf"), tl.float32)
+    zbar_sum = tl.zeros([], dtype=tl.float32)
+    zbar_y = tl.zeros([], dtype=tl.float32)
+    u_max = tl.full([], float("-inf"), tl.float32)
+    u_sum = tl.zeros([], dtype=tl.float32)
+    u_dot_nll = tl.zeros([], dtype=tl.float32)  # Σ_c e^(u_c/τ − u_max) Σ_t (lse_t − z_{t,c})
+    for c0 in range(0, C, BLOCK_C):
+        cols = c0 + c_base
+        c_valid = cols < C
+        if ONE_BLOCK:
+            x = x_one
+        else:
+            x = tl.load(rows + cols[None, :], mask=t_valid[:, None] & c_valid[None, :], other=0.0).to(tl.float32)
+        zbar = tl.sum(x, axis=0) * inv_t
+        v = tl.sum(x * m[:, None], axis=0) * w * inv_tau
+        zbar_m = tl.where(c_valid, zbar, float("-inf"))
+        v_m = tl.where(c_valid, v, float("-inf"))
+        # ce: lse(z̄) online, and z̄_y
+        new_max = tl.maximum(zbar_max, tl.max(zbar_m, axis=0))
+        zbar_sum = zbar_sum * tl.exp(zbar_max - new_max) + tl.sum(tl.exp(zbar_m - new_max), axis=0)
+        zbar_max = new_max
+        zbar_y += tl.sum(tl.where(cols == y, zbar, 0.0), axis=0)
+        # teacher softmax, online; weights e^(v − u_max), 0 on padded classes
+        new_max = tl.maximum(u_max, tl.max(v_m, axis=0))
+        scale = tl.exp(u_max - new_max)
+        e = tl.exp(v_m - new_max)
+        # −log_softmax(z_t)_c = (max_t − z_{t,c}) + logsum_t >= 0, summed over the valid steps
+        nll = tl.sum(tl.where(t_valid[:, None], (run_max[:, None] - x) + row_logsum[:, None], 0.0), axis=0)
+        nll = tl.where(c_valid, nll, 0.0)
+        u_sum = u_sum * scale + tl.sum(e, axis=0)
+        u_dot_nll = u_dot_nll * scale + tl.sum(e * nll, axis=0)
+        u_max = new_max
+    ce = (zbar_max - zbar_y) + tl.log(zbar_sum)
+    kd = kd_scale * (u_dot_nll / u_sum)
+    tl.store(loss_ptr + b, (1.0 - lam) * ce + lam * kd)
+    tl.store(ce_ptr + b, ce)
+    tl.store(kd_ptr + b, kd)
+    st = stats_ptr + b * 8
+    tl.store(st + 0, zbar_max)
+    tl.store(st + 1, tl.log(zbar_sum))
+    tl.store(st + 2, u_max)
+    tl.store(st + 3, tl.log(u_sum))
+    tl.store(st + 4, (u_dot_nll / u_sum) * inv_t)
+    tl.store(st + 5, w)
+    tl.store(st + 6, n_sel)
+    tl.store(st + 7, 0.0)
+
+
+@triton.jit
+def _tks_loss_backward_kernel(
+    logits_ptr, target_ptr, row_max_ptr, row_logsum_ptr, mask_ptr, stats_ptr,
+    grad_loss_ptr, grad_ce_ptr, grad_kd_ptr, grad_logits_ptr,
+    T, C, stride_t, stride_b, gstride_t, gstride_b,
+    stride_gloss, stride_gce, stride_gkd,
+    lam, inv_tau, tau, kd_scale, inv_t,
+    HAS_GRAD_LOSS: tl.constexpr, HAS_GRAD_CE: tl.constexpr, HAS_GRAD_KD: tl.constexpr,
+    DETACH_TEACHER: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_C: tl.constexpr,
+):
+    b = tl.program_id(0).to(tl.int64)
+    t_idx = tl.arange(0, BLOCK_T)
+    t_valid = t_idx < T
+    c_base = tl.arange(0, BLOCK_C)
+    rows = logits_ptr + b * stride_b + t_idx.to(tl.int64)[:, None] * stride_t
+    grad_rows = grad_logits_ptr + b * gstride_b + t_idx.to(tl.int64)[:, None] * gstride_t
+    y = tl.load(target_ptr + b).to(tl.int32)
+    row_max = tl.load(row_max_ptr + b * T + t_idx, mask=t_valid, other=0.0)
+    row_logsum = tl.load(row_logsum_ptr + b * T + t_idx, mask=t_valid, other=0.0)
+    m = tl.load(mask_ptr + b * T + t_idx, mask=t_valid, other=0.0)
+    st = stats_ptr + b * 8
+    zbar_max = tl.load(st + 0)
+    zbar_logsum = tl.load(st + 1)
+    u_max = tl.load(st + 2)
+    u_logsum = tl.load(st + 3)
+    p_dot_nll = tl.load(st + 4)
+    w = tl.load(st + 5)
+
+    # Upstream gradients of the per-sample ce and kd terms (the loss is their λ-mix).
+    g_ce = tl.zeros([], dtype=tl.float32)
+    g_kd = tl.zeros([], dtype=tl.float32)
+    if HAS_GRAD_LOSS:
+        g = tl.load(grad_loss_ptr + b * stride_gloss).to(tl.float32)
+        g_ce += (1.0 - lam) * g
+        g_kd += lam * g
+    if HAS_GRAD_CE:
+        g_ce += tl.load(grad_ce_ptr + b * stride_gce).to(tl.float32)
+    if HAS_GRAD_KD:
+        g_kd += tl.load(grad_kd_ptr + b * stride_gkd).to(tl.float32)
+    coef_ce = g_ce * inv_t
+    coef_student = g_kd * kd_scale
+    coef_teacher = (g_kd * tau * w) * m  # [BLOCK_T]
+
+    for c0 in range(0, C, BLOCK_C):
+        cols = c0 + c_base
+        c_valid = cols < C
+        tile_mask = t_valid[:, None] & c_valid[None, :]
+        x = tl.load(rows + cols[None, :], mask=tile_mask, other=0.0).to(tl.float32)
+        zbar = tl.sum(x, axis=0) * inv_t
+        v = tl.sum(x * m[:, None], axis=0) * w * inv_tau
+        softmax_zbar = tl.exp((zbar - zbar_max) - zbar_logsum)
+        p = tl.exp((v - u_max) - u_logsum)
+        d_ce = coef_ce * (softmax_zbar - tl.where(cols == y, 1.0, 0.0))  # [BLOCK_C]
+        nll = (row_max[:, None] - x) + row_logsum[:, None]  # −log_softmax(z_t), >= 0
+        softmax_z = tl.exp(-nll)
+        d = d_ce[None, :] + coef_student * (softmax_z - p[None, :])
+        if not DETACH_TEACHER:
+            # z̄_c − p·z̄ written as p·N̄ − N̄_c, N̄ = mean_t −log_softmax(z_t): small when the
+            # teacher is confident and right, where z̄_c − p·z̄ would cancel large logits
+            nll_bar = tl.sum(tl.where(t_valid[:, None], nll, 0.0), axis=0) * inv_t
+            d -= coef_teacher[:, None] * (p * (p_dot_nll - nll_bar))[None, :]
+        tl.store(grad_rows + cols[None, :], d.to(grad_logits_ptr.dtype.element_ty), mask=tile_mask)
+
+
+def _blocks(T: int, C: int, block_c: Optional[int]) -> tuple[int, int]:
+    block_t = max(2, triton.next_power_of_2(T))
+    if block_c is None:
+        block_c = max(16, min(triton.next_power_of_2(C), MAX_TILE // block_t))
+    return block_t, block_c
+
+
+def tks_loss_forward_triton(
+    logits: torch.Tensor, target: torch.Tensor, cfg: TKSLossConfig, block_c: Optional[int] = None
+) -> tuple[torch.Tensor, ...]:
+    """Launch the forward on ``logits`` [T, B, C] (class dim contiguous) and int64 ``target`` [B].
+
+    Returns ``(loss_b, ce_b, kd_b, row_max, row_logsum, mask, stats)``: three fp32 [B], three
+    fp32 [B, T] and fp32 [B, 8]. ``block_c`` overrides the class block (tests use it to
+    exercise the multi-block path on small C).
+    """
+    T, B, C = logits.shape
+    if logits.stride(2) != 1:
+        logits = logits.contiguous()
+    dev = logits.device
+    loss_b, ce_b, kd_b = (torch.empty(B, dtype=torch.float32, device=dev) for _ in range(3))
+    row_max, row_logsum, mask = (torch.empty(B, T, dtype=torch.float32, device=dev) for _ in range(3))
+    stats = torch.empty(B, N_STATS, dtype=torch.float32, device=dev)
+    block_t, block_c = _blocks(T, C, block_c)
+    tau = cfg.temperature
+    _tks_loss_forward_kernel[(B,)](
+        logits, target.contiguous(),
+        loss_b, ce_b, kd_b, row_max, row_logsum, mask, stats,
+        T, C, logits.stride(0), logits.stride(1),
+        cfg.lam, 1.0 / tau, tau * tau / T, 1.0 / T,
+        TEACHER_MEAN=cfg.teacher_mean, ONE_BLOCK=C <= block_c,
+        BLOCK_T=block_t, BLOCK_C=block_c, num_warps=_num_warps(block_t, block_c),
+    )
+    return loss_b, ce_b, kd_b, row_max, row_logsum, mask, stats
+
+
+def tks_loss_backward_triton(
+    logits: torch.Tensor, target: torch.Tensor, row_max, row_logsum, mask, stats,
+    grad_loss: Optional[torch.Tensor], grad_ce: Optional[torch.Tensor], grad_kd: Optional[torch.Tensor],
+    cfg: TKSLossConfig, block_c: Optional[int] = None,
+) -> torch.Tensor:
+    """Launch the backward. Upstream grads are [B] (any stride, None = zero). Returns dlogits
+    [T, B, C] in the logits' dtype."""
+    T, B, C = logits.shape
+    if logits.stride(2) != 1:
+        logits = logits.contiguous()
+    # The interpreter (triton 3.8) truncates fp32 -> bf16 instead of rounding to nearest even:
+    # there, write fp32 and round on the host. Compiled kernels round correctly in the store.
+    interpreter_bf16 = logits.dtype == torch.bfloat16 and triton_interpreter_enabled()
+    out_dtype = torch.float32 if interpreter_bf16 else logits.dtype
+    grad_logits = torch.empty((T, B, C), dtype=out_dtype, device=logits.device)
+    block_t, block_c = _blocks(T, C, block_c)
+    tau = cfg.temperature
+
+    def ptr_stride(g):
+        return (g, g.stride(0)) if g is not None else (stats, 0)
+
+    (gl, sgl), (gce, sgce), (gkd, sgkd) = ptr_stride(grad_loss), ptr_stride(grad_ce), ptr_stride(grad_kd)
+    _tks_loss_backward_kernel[(B,)](
+        logits, target.contiguous(), row_max, row_logsum, mask, stats,
+        gl, gce, gkd, grad_logits,
+        T, C, logits.stride(0), logits.stride(1), grad_logits.stride(0), grad_logits.stride(1),
+        sgl, sgce, sgkd,
+        cfg.lam, 1.0 / tau, tau, tau * tau / T, 1.0 / T,
+        HAS_GRAD_LOSS=grad_loss is not None, HAS_GRAD_CE=grad_ce is not None, HAS_GRAD_KD=grad_kd is not None,
+        DETACH_TEACHER=cfg.detach_teacher, BLOCK_T=block_t, BLOCK_C=block_c,
+        num_warps=_num_warps(block_t, block_c),
+    )
+    return grad_logits.to(logits.dtype) if interpreter_bf16 else grad_logits
+
+
+class TKSLossTritonFunction(torch.autograd.Function):
+    """Autograd over the two Triton launches. Returns per-sample ``(loss_b, ce_b, kd_b,
+    n_selected_b)``, each [B] fp32; the count has no gradient."""
+
+    @staticmethod
+    def forward(ctx, logits, target, cfg: TKSLossConfig, block_c: Optional[int] = None):
+        loss_b, ce_b, kd_b, row_max, row_logsum, mask, stats = tks_loss_forward_triton(logits, target, cfg, block_c)
+        ctx.save_for_backward(logits, target, row_max, row_logsum, mask, stats)
+        ctx.cfg, ctx.block_c = cfg, block_c
+        ctx.set_materialize_grads(False)
+        n_selected = stats[:, 6]
+        ctx.mark_non_differentiable(n_selected)
+        return loss_b, ce_b, kd_b, n_selected
+
+    @staticmethod
+    @once_differentiable  # the Triton backward is not itself differentiable: double backward raises
+    def backward(ctx, grad_loss, grad_ce, grad_kd, _grad_n):
+        logits, target, row_max, row_logsum, mask, stats = ctx.saved_tensors
+        if grad_loss is None and grad_ce is None and grad_kd is None:
+            return None, None, None, None
+        grad_logits = tks_loss_backward_triton(
+            logits, target, row_max, row_logsum, mask, stats, grad_loss, grad_ce, grad_kd, ctx.cfg, ctx.block_c
+        )
+        return grad_logits, None, None, None
