@@ -35,7 +35,7 @@ def test_end_to_end_run_folder(tmp_path, capsys):
     rows = _read_csv(out / "metrics.csv")
     assert [r["epoch"] for r in rows] == ["1", "2"]
     assert set(rows[0]) == {"epoch", "lr", "lam", "train_loss", "train_acc", "test_loss", "test_acc", "epoch_time_s"}
-    assert [float(r["lam"]) for r in rows] == [0.0, 0.7]  # lambda rises linearly to lam_max at the last epoch
+    assert [float(r["lam"]) for r in rows] == [0.0, 0.35]  # lam_max * epoch / epochs (tks_kernels.tks_lambda)
     assert float(rows[-1]["lr"]) == 0.0  # cosine down to 0 at the end
     for r in rows:
         assert 0 <= float(r["test_acc"]) <= 1 and float(r["train_loss"]) > 0
@@ -200,3 +200,21 @@ def test_torchrun_two_processes_gloo_and_resume(tmp_path):
     _torchrun(args + ["--out", str(resumed), "--stop-after-epoch", "1"], tmp_path)
     _torchrun(["--out", str(resumed), "--resume"], tmp_path)
     _assert_same_run(straight, resumed)
+
+
+def test_label_smoothing_run(tmp_path):
+    out = tmp_path / "ls"
+    assert train.main(TINY + ["--epochs", "1", "--loss", "ls", "--label-smoothing", "0.2", "--out", str(out)]) == 0
+    assert json.loads((out / "config.json").read_text())["label_smoothing"] == 0.2
+
+
+@pytest.mark.parametrize("option,value,message", [
+    ("--lam", "1.5", "in [0, 1]"), ("--temperature", "0", "must be > 0"), ("--T", "0", "must be >= 1"),
+    ("--label-smoothing", "-0.1", "must be"), ("--warmup-epochs", "9", "must be in [0, epochs=2)"),
+])
+def test_bad_numbers(tmp_path, capsys, option, value, message):
+    with pytest.raises(SystemExit) as e:
+        train.main(TINY + ["--epochs", "2", option, value, "--out", str(tmp_path / "r")])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert option in err and message in err

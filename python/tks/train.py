@@ -57,7 +57,7 @@ def build_parser(suppress_defaults: bool = False) -> argparse.ArgumentParser:
     p.add_argument("--loss", choices=list(OBJECTIVES), default=d("tks"),
                    help="ce: baseline (CE of the mean output), ls: label smoothing, tet: TET, tks: TKS")
     p.add_argument("--lam", type=float, default=d(None),
-                   help="TKS: largest lambda, reached at the last epoch (default 0.7 static, 0.3 DVS data)")
+                   help="TKS: largest lambda; lambda = lam * epoch / epochs (default 0.7 static, 0.3 DVS data)")
     p.add_argument("--temperature", type=float, default=d(None),
                    help="TKS: teacher temperature (default 3 static, 5 DVS data)")
     p.add_argument("--label-smoothing", type=float, default=d(0.1), help="ls: smoothing factor")
@@ -154,6 +154,12 @@ def _resolve_options(argv: Optional[list[str]]) -> argparse.Namespace:
     for name, value in (("lr", args.lr), ("weight-decay", args.weight_decay), ("label-smoothing", args.label_smoothing)):
         if not (math.isfinite(value) and value >= 0):
             raise _fail(f"--{name} {value}: must be a finite number >= 0")
+    if not 0 <= args.label_smoothing <= 1:
+        raise _fail(f"--label-smoothing {args.label_smoothing}: must be in [0, 1] (the TKS ablation uses 0.1)")
+    if args.lam is not None and not (math.isfinite(args.lam) and 0 <= args.lam <= 1):
+        raise _fail(f"--lam {args.lam}: the largest TKS weight must be in [0, 1] (the authors: 0.7 static, 0.3 DVS)")
+    if args.temperature is not None and not (math.isfinite(args.temperature) and args.temperature > 0):
+        raise _fail(f"--temperature {args.temperature}: must be > 0 (the authors: 3 static, 5 DVS)")
     if args.warmup_epochs is None:
         args.warmup_epochs = min(5, args.epochs // 10)
     if not 0 <= args.warmup_epochs < args.epochs:
