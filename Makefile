@@ -19,9 +19,9 @@ $(VENV)/.installed: setup.py Makefile
 install: $(VENV)/.installed
 
 # The main job on the offline default (bundled digits, small ConvSNN): train the baseline and TKS at
-# T=6, then test both at T' = 1..6 timesteps (table on stdout, plot in $(DEMO_DIR)/eval).
+# T=8, then test both at T' = 1..8 timesteps (table on stdout, plot in $(DEMO_DIR)/eval).
 DEMO_DIR ?= runs/demo
-DEMO_ARGS ?= --dataset digits --model convsnn --T 6 --epochs 15 --batch-size 64
+DEMO_ARGS ?= --dataset digits --model convsnn --T 8 --epochs 30 --batch-size 64
 demo: install
 	rm -rf $(DEMO_DIR)
 	$(VENV)/bin/tks-train $(DEMO_ARGS) --loss ce --out $(DEMO_DIR)/digits-ce

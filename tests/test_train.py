@@ -43,6 +43,9 @@ def test_end_to_end_run_folder(tmp_path, capsys):
     assert ckpt["epoch"] == 2 and ckpt["config"]["model"] == "convsnn" and len(ckpt["history"]) == 2
     assert not [p for p in os.listdir(out) if ".tmp" in p]
     assert "tks-eval" in capsys.readouterr().err
+    before = (out / "checkpoint.pt").read_bytes()
+    assert train.main(["--out", str(out), "--resume"]) == 0  # a finished run: nothing left to train
+    assert (out / "checkpoint.pt").read_bytes() == before
 
 
 def _cifar_args(data_dir):
@@ -218,3 +221,17 @@ def test_bad_numbers(tmp_path, capsys, option, value, message):
     assert e.value.code == 2
     err = capsys.readouterr().err
     assert option in err and message in err
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU: trains with the CUDA/Triton LIF and fp16 AMP")
+def test_cuda_amp_train_and_eval(tmp_path):
+    from tks import eval as tks_eval
+
+    out = tmp_path / "cuda"
+    assert train.main(TINY + ["--epochs", "2", "--device", "cuda", "--amp", "--out", str(out)]) == 0
+    rows = _read_csv(out / "metrics.csv")
+    assert all(torch.isfinite(torch.tensor(float(r["train_loss"]))) for r in rows)
+    assert train.main(["--out", str(out), "--resume"]) == 0  # finished: nothing left to do
+    assert tks_eval.main([str(out), "--device", "cuda"]) == 0
+    final = _read_csv(out / "eval" / "timesteps.csv")[-1]
+    assert float(final["top1"]) == pytest.approx(float(rows[-1]["test_acc"]), abs=0.01)  # fp32 eval vs fp16

@@ -56,14 +56,14 @@ def aurc(confidence: torch.Tensor, correct: torch.Tensor) -> float:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="tks-eval", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                formatter_class=runs.HelpFormatter)
     p.add_argument("runs", nargs="+", metavar="RUN_DIR", help="tks-train run folders (or their checkpoint.pt)")
     p.add_argument("--T-max", type=int, default=None, help="test T' = 1..T_max (default: each run's training T)")
     p.add_argument("--out", default=None, help="output folder (default: RUN_DIR/eval for one run, else ./tks-eval)")
-    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--batch-size", type=int, default=256, help="test batch size")
     p.add_argument("--data-dir", default=None, help="where the dataset is (default: the run's --data-dir)")
     p.add_argument("--device", default="auto", help="auto (CUDA if there is one), cpu, cuda, ...")
-    p.add_argument("--num-workers", type=int, default=0)
+    p.add_argument("--num-workers", type=int, default=0, help="DataLoader worker processes")
     return p
 
 

@@ -7,6 +7,7 @@ so a crash or a full disk during a write never leaves a truncated checkpoint beh
 """
 from __future__ import annotations
 
+import argparse
 import csv
 import io
 import json
@@ -113,6 +114,17 @@ def write_metrics(run_dir: str, rows: list[dict]) -> None:
     writer.writeheader()
     writer.writerows(rows)
     atomic_write_bytes(os.path.join(run_dir, METRICS_FILE), buf.getvalue().encode())
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows ``(default: x)`` unless there is none or the help already says it."""
+
+    def _get_help_string(self, action):
+        help_text = action.help or ""
+        if action.default is None or action.default is False or action.default == argparse.SUPPRESS \
+                or "default" in help_text:
+            return help_text
+        return super()._get_help_string(action)
 
 
 def model_from_config(config: dict):

@@ -45,7 +45,7 @@ def build_parser(suppress_defaults: bool = False) -> argparse.ArgumentParser:
 
     p = argparse.ArgumentParser(
         prog="tks-train", description=__doc__.split("\n\n")[0],
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=runs.HelpFormatter,
     )
     p.add_argument("--dataset", choices=sorted(DATASETS), default=d("digits"),
                    help="digits is bundled (offline); the others read --data-dir")
@@ -61,14 +61,14 @@ def build_parser(suppress_defaults: bool = False) -> argparse.ArgumentParser:
     p.add_argument("--temperature", type=float, default=d(None),
                    help="TKS: teacher temperature (default 3 static, 5 DVS data)")
     p.add_argument("--label-smoothing", type=float, default=d(0.1), help="ls: smoothing factor")
-    p.add_argument("--epochs", type=int, default=d(30))
+    p.add_argument("--epochs", type=int, default=d(30), help="training epochs (the authors: 300)")
     p.add_argument("--batch-size", type=int, default=d(128), help="total over all processes")
     p.add_argument("--lr", type=float, default=d(1e-3), help="AdamW peak learning rate")
     p.add_argument("--weight-decay", type=float, default=d(0.01), help="AdamW weight decay")
     p.add_argument("--warmup-epochs", type=int, default=d(None), help="linear warm-up (default: epochs // 10, at most 5)")
     p.add_argument("--amp", action="store_true", default=d(False),
                    help="mixed precision (fp16 + loss scaling on CUDA, bf16 on CPU)")
-    p.add_argument("--seed", type=int, default=d(0))
+    p.add_argument("--seed", type=int, default=d(0), help="seeds weights, data order and augmentation")
     p.add_argument("--out", default=d(None), help="run folder (default: runs/<dataset>-<model>-<loss>-T<T>)")
     p.add_argument("--resume", action="store_true", default=d(False),
                    help="continue the run in --out from its last checkpoint (options default to the run's)")
