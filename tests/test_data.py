@@ -54,7 +54,8 @@ def _write_cifar(root, name, n_train_per_file=3, n_test=4):
     """CIFAR python pickle batches (the torchvision/Krizhevsky on-disk format), tiny."""
     rng = np.random.default_rng(0)
     if name == "cifar10":
-        folder, train_files, test_files, key, classes = "cifar-10-batches-py", [f"data_batch_{i}" for i in range(1, 6)], ["test_batch"], "labels", 10
+        folder, key, classes = "cifar-10-batches-py", "labels", 10
+        train_files, test_files = [f"data_batch_{i}" for i in range(1, 6)], ["test_batch"]
     else:
         folder, train_files, test_files, key, classes = "cifar-100-python", ["train"], ["test"], "fine_labels", 100
     os.makedirs(os.path.join(root, folder))
@@ -73,7 +74,8 @@ def _write_cifar(root, name, n_train_per_file=3, n_test=4):
 def test_cifar_reads_python_batches(tmp_path, name, n_train):
     _write_cifar(str(tmp_path), name)
     train, test, info = build_datasets(name, T=2, data_dir=str(tmp_path))
-    assert (len(train), len(test), info.num_classes, info.static) == (n_train, 4, 10 if name == "cifar10" else 100, True)
+    classes = 10 if name == "cifar10" else 100
+    assert (len(train), len(test), info.num_classes, info.static) == (n_train, 4, classes, True)
     x, y = test[0]
     assert x.shape == (3, 32, 32) and x.dtype == torch.float32 and isinstance(y, int)
     mean, std = data.CIFAR_MEAN_STD[name]

@@ -223,7 +223,8 @@ def test_bad_numbers(tmp_path, capsys, option, value, message):
     assert option in err and message in err
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU: trains with the CUDA/Triton LIF and fp16 AMP")
+@pytest.mark.skipif(not torch.cuda.is_available(),
+                    reason="needs a CUDA GPU: trains with the CUDA/Triton LIF and fp16 AMP")
 def test_cuda_amp_train_and_eval(tmp_path):
     from tks import eval as tks_eval
 

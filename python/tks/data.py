@@ -25,7 +25,6 @@ steps (direct encoding: the analog image is the input current at every step). Ev
 from __future__ import annotations
 
 import hashlib
-import math
 import os
 import pickle
 from dataclasses import dataclass

@@ -22,7 +22,6 @@ import os
 import sys
 from typing import Optional
 
-import numpy as np
 import torch
 from torch.utils.data import DataLoader
 

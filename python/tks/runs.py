@@ -94,7 +94,8 @@ def load_checkpoint(path: str, map_location: str | torch.device = "cpu") -> dict
 
 
 def write_config(run_dir: str, config: dict) -> None:
-    atomic_write_bytes(os.path.join(run_dir, CONFIG_FILE), (json.dumps(config, indent=2, sort_keys=True) + "\n").encode())
+    text = json.dumps(config, indent=2, sort_keys=True) + "\n"
+    atomic_write_bytes(os.path.join(run_dir, CONFIG_FILE), text.encode())
 
 
 def read_config(run_dir: str) -> dict:

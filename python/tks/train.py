@@ -65,7 +65,8 @@ def build_parser(suppress_defaults: bool = False) -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=d(128), help="total over all processes")
     p.add_argument("--lr", type=float, default=d(1e-3), help="AdamW peak learning rate")
     p.add_argument("--weight-decay", type=float, default=d(0.01), help="AdamW weight decay")
-    p.add_argument("--warmup-epochs", type=int, default=d(None), help="linear warm-up (default: epochs // 10, at most 5)")
+    p.add_argument("--warmup-epochs", type=int, default=d(None),
+                   help="linear warm-up (default: epochs // 10, at most 5)")
     p.add_argument("--amp", action="store_true", default=d(False),
                    help="mixed precision (fp16 + loss scaling on CUDA, bf16 on CPU)")
     p.add_argument("--seed", type=int, default=d(0), help="seeds weights, data order and augmentation")
@@ -130,7 +131,8 @@ def _resolve_options(argv: Optional[list[str]]) -> argparse.Namespace:
     ckpt_path = runs.checkpoint_path(args.out)
     if args.resume:
         if not os.path.isfile(ckpt_path):
-            raise _fail(f"--resume: {args.out} has no {runs.CHECKPOINT_FILE} to continue; run without --resume to start")
+            raise _fail(f"--resume: {args.out} has no {runs.CHECKPOINT_FILE} to continue; "
+                        f"run without --resume to start")
         try:
             saved = runs.read_config(args.out)
         except FileNotFoundError as e:
@@ -151,7 +153,7 @@ def _resolve_options(argv: Optional[list[str]]) -> argparse.Namespace:
                              ("num-workers", args.num_workers, 0)):
         if value < low:
             raise _fail(f"--{name} {value}: must be >= {low}")
-    for name, value in (("lr", args.lr), ("weight-decay", args.weight_decay), ("label-smoothing", args.label_smoothing)):
+    for name, value in (("lr", args.lr), ("weight-decay", args.weight_decay)):
         if not (math.isfinite(value) and value >= 0):
             raise _fail(f"--{name} {value}: must be a finite number >= 0")
     if not 0 <= args.label_smoothing <= 1:
@@ -188,7 +190,8 @@ def _rng_state() -> dict:
     return {
         "torch": torch.get_rng_state(),
         "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-        "numpy": (np_state[0], torch.from_numpy(np_state[1].copy()), int(np_state[2]), int(np_state[3]), float(np_state[4])),
+        "numpy": (np_state[0], torch.from_numpy(np_state[1].copy()), int(np_state[2]), int(np_state[3]),
+                  float(np_state[4])),
         "python": random.getstate(),
     }
 
@@ -245,7 +248,8 @@ def main(argv: Optional[list[str]] = None) -> int:
 
 def _train(args, rank: int, world: int, device: torch.device) -> int:
     if args.batch_size % world:
-        raise _fail(f"--batch-size {args.batch_size} is the total over {world} processes: make it a multiple of {world}")
+        raise _fail(f"--batch-size {args.batch_size} is the total over {world} processes: "
+                    f"make it a multiple of {world}")
     _seed_all(args.seed)  # the same on every process: the same initial weights
 
     try:
@@ -346,7 +350,8 @@ def _train(args, rank: int, world: int, device: torch.device) -> int:
                 logits = runs.model_outputs(train_model, x, args.T, info.static)
             loss = objective(logits.float(), y)
             if not torch.isfinite(loss):
-                raise _fail(f"the loss is {loss.item()} at epoch {epoch + 1}, step {step + 1}: lower --lr, or drop --amp")
+                raise _fail(f"the loss is {loss.item()} at epoch {epoch + 1}, step {step + 1}: "
+                            f"lower --lr, or drop --amp")
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             scaler.step(optimizer)
@@ -381,7 +386,8 @@ def _train(args, rank: int, world: int, device: torch.device) -> int:
                 raise _fail(f"could not write the checkpoint of epoch {epoch + 1} to {ckpt_path} ({e}); {kept}: "
                             f"free space or fix the folder, then continue with --resume")
             print(f"epoch {epoch + 1}/{args.epochs}  loss {row['train_loss']:.4f}  train acc {row['train_acc']:.4f}  "
-                  f"test acc {row['test_acc']:.4f}  lam {row['lam']:.3f}  ({row['epoch_time_s']:.1f} s)", file=sys.stderr)
+                  f"test acc {row['test_acc']:.4f}  lam {row['lam']:.3f}  ({row['epoch_time_s']:.1f} s)",
+                  file=sys.stderr)
         if world > 1:
             dist.barrier()
         if args.stop_after_epoch == epoch + 1:
