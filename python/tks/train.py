@@ -365,6 +365,9 @@ def _train(args, rank: int, world: int, device: torch.device) -> int:
         stats = torch.stack([loss_sum, correct, torch.tensor(float(seen), dtype=torch.float64, device=device)])
         if world > 1:
             dist.all_reduce(stats)
+        if world > 1:  # BatchNorm running stats drift apart per process: evaluate (and save) process 0's
+            for buffer in model.buffers():
+                dist.broadcast(buffer, 0)
         test_loss, test_acc = _evaluate(model, test_loader, args.T, info.static, device, world, autocast)
         row = {
             "epoch": epoch + 1, "lr": scheduler.get_last_lr()[0], "lam": objective.lam,
