@@ -18,8 +18,15 @@ $(VENV)/.installed: setup.py Makefile
 
 install: $(VENV)/.installed
 
+# The main job on the offline default (bundled digits, small ConvSNN): train the baseline and TKS at
+# T=8, then test both at T' = 1..8 timesteps (table on stdout, plot in $(DEMO_DIR)/eval).
+DEMO_DIR ?= runs/demo
+DEMO_ARGS ?= --dataset digits --model convsnn --T 8 --epochs 30 --batch-size 64
 demo: install
-	$(PY) -m tks_kernels.demo
+	rm -rf $(DEMO_DIR)
+	$(VENV)/bin/tks-train $(DEMO_ARGS) --loss ce --out $(DEMO_DIR)/digits-ce
+	$(VENV)/bin/tks-train $(DEMO_ARGS) --loss tks --out $(DEMO_DIR)/digits-tks
+	$(VENV)/bin/tks-eval $(DEMO_DIR)/digits-ce $(DEMO_DIR)/digits-tks --out $(DEMO_DIR)/eval
 
 test: install
 	$(PY) -m pytest -q tests

@@ -120,7 +120,7 @@ setup(
         "test": ["pytest", "numpy", "spikingjelly==2.0.0"],
         "train": ["torchvision", "tonic", "tqdm", "matplotlib", "scikit-learn"],
     },
-    entry_points={"console_scripts": []},
+    entry_points={"console_scripts": ["tks-train = tks.train:main", "tks-eval = tks.eval:main"]},
     ext_modules=ext_modules,
     cmdclass=cmdclass,
     zip_safe=False,

@@ -13,7 +13,7 @@ def triton_interpreter_enabled() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
-def triton_unavailable_reason(x: torch.Tensor) -> str | None:
+def triton_unavailable_reason(x: torch.Tensor, arg: str = "x_seq") -> str | None:
     """None when the Triton kernels can run on ``x``, else why not and how to fix it."""
     if importlib.util.find_spec("triton") is None:
         return "triton is not installed (pip install triton; it comes with CUDA builds of torch on Linux)"
@@ -23,13 +23,13 @@ def triton_unavailable_reason(x: torch.Tensor) -> str | None:
         if triton_interpreter_enabled():
             return None
         return (
-            "x_seq is a CPU tensor and the Triton interpreter is off; move the tensors to CUDA, or set "
+            f"{arg} is a CPU tensor and the Triton interpreter is off; move the tensors to CUDA, or set "
             "TRITON_INTERPRET=1 in the environment before importing tks_kernels (slow: for tests only)"
         )
     return f"Triton kernels run on CUDA tensors, got a tensor on {x.device}"
 
 
-def resolve_backend(backend: str, x: torch.Tensor, op: str, extension_reason) -> str:
+def resolve_backend(backend: str, x: torch.Tensor, op: str, extension_reason, arg: str = "x_seq") -> str:
     """Map ``backend`` to a concrete one for tensor ``x``.
 
     ``extension_reason(kind, x)`` returns None when the compiled ``kind`` ("cuda" or "cpp") can
@@ -39,7 +39,7 @@ def resolve_backend(backend: str, x: torch.Tensor, op: str, extension_reason) ->
     if backend == "torch":
         return "torch"
     if backend == "triton":
-        reason = triton_unavailable_reason(x)
+        reason = triton_unavailable_reason(x, arg)
         if reason:
             raise RuntimeError(f"{op}: backend='triton' cannot run: {reason}")
         return "triton"

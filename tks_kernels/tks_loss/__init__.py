@@ -90,7 +90,7 @@ def _dispatch(logits: torch.Tensor, target: torch.Tensor, cfg: TKSLossConfig, ba
             "tks_loss: backend='cuda' cannot run: there is no CUDA kernel for tks_loss, use backend='triton' "
             "(or 'auto') on CUDA tensors"
         )
-    name = resolve_backend(backend, logits, "tks_loss", _extension_reason)
+    name = resolve_backend(backend, logits, "tks_loss", _extension_reason, arg="logits")
     if name == "torch":
         return tks_loss_reference_per_sample(logits, target, cfg)
     if name == "triton":
