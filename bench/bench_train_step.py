@@ -40,7 +40,7 @@ MODELS = {
 }
 COLUMNS = ["model", "provider", "T", "batch", "image_size", "width", "status", "median_ms", "q20_ms", "q80_ms",
            "samples_per_s", "speedup_vs_sj", "speedup_vs_eager", "peak_step_mb", "logits_rel_err",
-           "neurons", "loss_backend"]
+           "neurons", "neuron_backend", "loss_backend"]
 # our surrogate names -> spikingjelly 2.0.0 surrogate classes (activation_based.surrogate)
 SJ_SURROGATES = {
     "sigmoid": "Sigmoid", "atan": "ATan", "piecewise_quadratic": "PiecewiseQuadratic", "erf": "Erf",
@@ -188,10 +188,11 @@ def run_model(model_name, batch, width, args, device, providers, skips, warmup_m
     def loss_fn(logits):
         return tks_kernels.tks_loss(logits, y, backend="auto", **LOSS_KWARGS)
 
-    loss_backend = _loss_backend(x.device)
+    loss_backend = _auto_backend("tks_loss", x.device)
+    neuron_backend = {"tks": _auto_backend("lif", x.device), "eager": "torch", "sj": None}
     rows, ref_logits = [], None
     for name in providers:
-        row = dict(base_row, provider=name, loss_backend=loss_backend)
+        row = dict(base_row, provider=name, loss_backend=loss_backend, neuron_backend=neuron_backend[name])
         model = None
         try:
             model = copy.deepcopy(base)
@@ -204,6 +205,7 @@ def run_model(model_name, batch, width, args, device, providers, skips, warmup_m
                 except ImportError as e:
                     raise RuntimeError(f"spikingjelly is not installed ({e}); pip install spikingjelly==2.0.0") from e
                 row["neurons"] = to_spikingjelly(model)
+                row["neuron_backend"] = _sj_backend(device)
                 reset = sj_functional.reset_net
             else:
                 row["neurons"] = count_neurons(model)
@@ -254,15 +256,29 @@ def run_model(model_name, batch, width, args, device, providers, skips, warmup_m
     return rows
 
 
-def _loss_backend(device) -> str:
-    if device.type == "cuda":
-        return "auto (triton)"
+def _auto_backend(op: str, device) -> str:
+    """What backend="auto" resolves to for ``op`` ("lif" or "tks_loss") on ``device``."""
     try:
-        from tks_kernels.tks_loss.cpp import cpp_unavailable_reason
+        import importlib
 
-        return "auto (cpp)" if cpp_unavailable_reason(torch.zeros(1)) is None else "auto (torch)"
-    except Exception:
-        return "auto"
+        from tks_kernels._backends import resolve_backend
+
+        module = importlib.import_module(f"tks_kernels.{op}")
+        name = resolve_backend("auto", torch.zeros(2, 2, 2, device=device), op, module._extension_reason)
+        return f"auto ({name})"
+    except Exception as e:
+        return f"auto (unknown: {type(e).__name__})"
+
+
+def _sj_backend(device) -> str:
+    if device.type != "cuda":
+        return "spikingjelly (torch reference on CPU)"
+    try:
+        from spikingjelly.activation_based.functional import neuron_implementation
+
+        return f"spikingjelly ({neuron_implementation('lif', device)['implementation']})"
+    except Exception as e:
+        return f"spikingjelly (unknown: {type(e).__name__})"
 
 
 def write_outputs(out_dir, rows, tag, skip_reasons):
@@ -277,10 +293,11 @@ def write_outputs(out_dir, rows, tag, skip_reasons):
               f"{C.fmt(r.get('median_ms'))} [{C.fmt(r.get('q20_ms'))}, {C.fmt(r.get('q80_ms'))}]" if r["status"] == "ok"
               else r["status"][:80],
               C.fmt(r.get("samples_per_s")), C.fmt(r.get("speedup_vs_sj")), C.fmt(r.get("speedup_vs_eager")),
-              C.fmt(r.get("peak_step_mb")), C.fmt(r.get("logits_rel_err")), str(r.get("neurons", "")))
+              C.fmt(r.get("peak_step_mb")), C.fmt(r.get("logits_rel_err")), str(r.get("neurons", "")),
+              r.get("neuron_backend") or "", r.get("loss_backend") or "")
              for r in rows]
     md.append(C.md_table(("model", "T", "batch", "width", "provider", "step ms", "samples/s", "x sj", "x eager",
-                          "peak MB", "logits rel err", "neurons"), table) + "\n")
+                          "peak MB", "logits rel err", "neurons", "neuron backend", "loss backend"), table) + "\n")
     if skip_reasons:
         md.append("### Skipped providers\n")
         md.extend(f"- {reason}" + (f" (first at {where})" if where else "") for reason, where in skip_reasons.items())
