@@ -143,6 +143,23 @@ def _git_commit() -> str:
     return "unknown"
 
 
+def _last_level_cache() -> str:
+    """Size of the largest CPU cache level (working sets below it beat the DRAM copy bandwidth)."""
+    best = (0, "unknown")
+    base = "/sys/devices/system/cpu/cpu0/cache"
+    try:
+        for entry in os.listdir(base):
+            with open(os.path.join(base, entry, "level")) as f:
+                level = int(f.read())
+            with open(os.path.join(base, entry, "size")) as f:
+                size = f.read().strip()
+            if level > best[0]:
+                best = (level, f"L{level} {size}")
+    except (OSError, ValueError):
+        pass
+    return best[1]
+
+
 def _loadavg() -> str:
     try:
         with open("/proc/loadavg") as f:
@@ -173,7 +190,7 @@ class DeviceTag:
             name = cpu_model()
             slug = "cpu-" + _slug(name)
             extra = {"cpu_threads": torch.get_num_threads(), "cpu_count": os.cpu_count(),
-                     "loadavg_at_start": _loadavg()}
+                     "last_level_cache": _last_level_cache(), "loadavg_at_start": _loadavg()}
         versions = {
             "torch": torch.__version__,
             "triton": _version("triton"),
