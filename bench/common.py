@@ -148,15 +148,19 @@ def _last_level_cache() -> str:
     best = (0, "unknown")
     base = "/sys/devices/system/cpu/cpu0/cache"
     try:
-        for entry in os.listdir(base):
+        entries = [e for e in os.listdir(base) if e.startswith("index")]
+    except OSError:
+        return best[1]
+    for entry in entries:
+        try:
             with open(os.path.join(base, entry, "level")) as f:
                 level = int(f.read())
             with open(os.path.join(base, entry, "size")) as f:
                 size = f.read().strip()
-            if level > best[0]:
-                best = (level, f"L{level} {size}")
-    except (OSError, ValueError):
-        pass
+        except (OSError, ValueError):
+            continue
+        if level > best[0]:
+            best = (level, f"L{level} {size}")
     return best[1]
 
 
