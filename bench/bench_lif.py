@@ -110,12 +110,14 @@ def compile_plan(args, device) -> tuple[set, set]:
 
 
 class Providers:
+    """``forward(name, dtype, T, N)`` -> a function ``x [T, N] -> spikes`` for provider ``name``,
+    or the exception saying why it cannot run."""
+
     def __init__(self, device, args):
         self.device = device
         self.args = args
         self.compile_T, self.compile_dtypes = compile_plan(args, device)
         self._compiled = {}
-        self.compile_seconds = {}
         self._sj = None
 
     def forward(self, name: str, dtype_name: str, T: int, N: int):
@@ -148,10 +150,12 @@ class Providers:
             from tks_kernels.lif.config import parse_lif_args
             from tks_kernels.lif.reference import lif_reference_forward
 
-            probe = torch.zeros(T, 1, device=self.device)
             kw = LIF_KWARGS
-            cfg, _ = parse_lif_args(probe, None, kw["tau"], None, kw["v_threshold"], kw["v_reset"],
-                                    kw["decay_input"], kw["detach_reset"], kw["surrogate"], kw["alpha"], False)
+            cfg, _ = parse_lif_args(
+                x_seq=torch.zeros(T, 1, device=self.device), v_init=None, tau=kw["tau"], decay=None,
+                v_threshold=kw["v_threshold"], v_reset=kw["v_reset"], decay_input=kw["decay_input"],
+                detach_reset=kw["detach_reset"], surrogate=kw["surrogate"], alpha=kw["alpha"], store_v_seq=False,
+            )
             # One graph per (T, dtype): the loop over T unrolls, N stays symbolic.
             C.prepare_compile()
 
@@ -387,7 +391,8 @@ def targets(rows: list[dict], device) -> list[C.Target]:
     out.append(C.Target("CPU: cpp LIF fwd+bwd % of copy bandwidth", r and r.get("pct_copy"), 60.0, "%",
                         where=where if r else "cpp did not run at " + where, applies=cpu))
     for name in ("triton", "cuda"):
-        ok = [r for r in rows if r["provider"] == name and r["status"] == "ok" and r["pass"] == "fwd+bwd" and r["T"] >= 4]
+        ok = [r for r in rows
+              if r["provider"] == name and r["status"] == "ok" and r["pass"] == "fwd+bwd" and r["T"] >= 4]
         n_max = max((r["N"] for r in ok), default=None)
         big = [r for r in ok if r["N"] == n_max]
         fp32 = [r for r in big if r["dtype"] == "fp32"]
@@ -397,7 +402,8 @@ def targets(rows: list[dict], device) -> list[C.Target]:
                             where=f"T={worst['T']}, N={worst['N']}" if worst else f"{name} did not run", applies=gpu))
         with_sj = [r for r in big if r.get("speedup_vs_sj_best") not in (None, "")]
         worst = min(with_sj, key=lambda r: r["speedup_vs_sj_best"], default=None)
-        out.append(C.Target(f"GPU: {name} LIF fwd+bwd speedup vs spikingjelly's fastest (worst T>=4, any dtype, largest N)",
+        out.append(C.Target(f"GPU: {name} LIF fwd+bwd speedup vs spikingjelly's fastest "
+                            "(worst T>=4, any dtype, largest N)",
                             worst and worst["speedup_vs_sj_best"], 1.25, "x",
                             where=f"{worst['dtype']}, T={worst['T']}, N={worst['N']}" if worst
                             else f"{name} or spikingjelly did not run", applies=gpu))
@@ -420,7 +426,8 @@ def write_outputs(out_dir, rows, tag, copy_gbps, copy_ms, copy_bytes, providers,
         md.append(f"- spikingjelly's own pick on this device (SJ_LIF_CUDA_IMPLEMENTATION=auto): {sj_auto}")
     md.append("- settings: tau=2, v_threshold=0.5, hard reset to 0, decay_input, piecewise-quadratic surrogate "
               "alpha=2; x ~ N(0,1) [T, N]; upstream gradient on the spikes only")
-    md.append("- times: median ms [20%, 80% quantiles]; GB/s = bytes / median time, bytes (b = bytes per element of x):")
+    md.append("- times: median ms [20%, 80% quantiles]; GB/s = bytes / median time, bytes "
+              "(b = bytes per element of x):")
     for p in PASSES:
         md.append(f"  - {p}: {BYTE_FORMULAS[p]}")
     md.append("- x speedup columns: the peer's median / this provider's median (>1: this one is faster); "
@@ -456,7 +463,8 @@ def write_outputs(out_dir, rows, tag, copy_gbps, copy_ms, copy_bytes, providers,
             for p in present:
                 r = _row(rows, provider=p, dtype=dtype_name, T=T, N=n_max, **{"pass": "fwd"})
                 if r:
-                    table.append((dtype_name, str(T), str(n_max), p, C.fmt(r["saved_per_neuron_step"]), C.fmt(r["x_saved"]),
+                    table.append((dtype_name, str(T), str(n_max), p, C.fmt(r["saved_per_neuron_step"]),
+                                  C.fmt(r["x_saved"]),
                                   C.fmt(r["peak_fwd_mb"]), C.fmt(r["peak_fwdbwd_mb"]), C.fmt(r.get("spike_mismatch")),
                                   C.fmt(r.get("grad_rel_err"))))
     md.append(C.md_table(("dtype", "T", "N", "provider", "saved B/n/s", "x saved", "peak fwd MB", "peak fwd+bwd MB",

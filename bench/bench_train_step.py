@@ -114,7 +114,8 @@ def to_spikingjelly(model: nn.Module) -> int:
             sg = s["surrogate"]
             if isinstance(sg, tuple):
                 sg_name, alpha = sg
-                sg = getattr(surrogate, SJ_SURROGATES[sg_name])(alpha=alpha if alpha is not None else default_alpha(sg_name))
+                alpha = alpha if alpha is not None else default_alpha(sg_name)
+                sg = getattr(surrogate, SJ_SURROGATES[sg_name])(alpha=alpha)
             if s["tau"] is None:
                 raise RuntimeError("an IF neuron (tau=None) in the model; this benchmark swaps LIF neurons only")
             parent._modules[name] = neuron.LIFNode(

@@ -189,7 +189,8 @@ class DeviceTag:
             name = torch.cuda.get_device_name(device)
             # "NVIDIA H100 80GB HBM3" -> "nvidia-h100": the memory size/type suffix goes
             slug = re.sub(r"-\d+gb(-.*)?$", "", _slug(name))
-            extra = {"cuda": torch.version.cuda, "capability": ".".join(map(str, torch.cuda.get_device_capability(device)))}
+            capability = ".".join(map(str, torch.cuda.get_device_capability(device)))
+            extra = {"cuda": torch.version.cuda, "capability": capability}
         else:
             name = cpu_model()
             slug = "cpu-" + _slug(name)
