@@ -118,6 +118,7 @@ class Providers:
         self.args = args
         self.compile_T, self.compile_dtypes = compile_plan(args, device)
         self._compiled = {}
+        self.compile_errors = {}  # (dtype, T) -> the exception of a failed compile: not retried per N
         self._sj = None
 
     def forward(self, name: str, dtype_name: str, T: int, N: int):
@@ -146,6 +147,8 @@ class Providers:
                 "--compile-dtypes)"
             )
         key = (dtype_name, T)
+        if key in self.compile_errors:
+            raise self.compile_errors[key]
         if key not in self._compiled:
             from tks_kernels.lif.config import parse_lif_args
             from tks_kernels.lif.reference import lif_reference_forward
@@ -265,6 +268,8 @@ def run_sweep(args, device, providers: list[str], skips: C.SkipLog) -> list[dict
                     print(f"[error] {name} ({where}): {status}", flush=True)
                 else:
                     status = "skipped: " + skips.skip(name, C.describe_error(e), where)
+                    if name == "compile":
+                        prov.compile_errors[(dtype_name, T)] = e
                 C.free_memory(device)
                 rows.extend(dict(base_rows[name], pass_=p, status=status) for p in PASSES)
                 continue

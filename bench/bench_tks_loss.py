@@ -56,6 +56,7 @@ class Providers:
         self.args = args
         self.compile_enabled = args.compile if args.compile is not None else not (args.smoke or args.quick)
         self._compiled = None
+        self.compile_error = None  # a failed compile is not retried for every shape
 
     def forward(self, name: str, target: torch.Tensor):
         import tks_kernels
@@ -74,6 +75,8 @@ class Providers:
         if name == "compile":
             if not self.compile_enabled:
                 raise RuntimeError("torch.compile is off in --quick / --smoke sweeps (turn it on with --compile)")
+            if self.compile_error is not None:
+                raise self.compile_error
             if self._compiled is None:
                 C.prepare_compile()
 
@@ -122,6 +125,8 @@ def run_sweep(args, device, providers, skips: C.SkipLog) -> list[dict]:
                     print(f"[error] {name} ({where}): {status}", flush=True)
                 else:
                     status = "skipped: " + skips.skip(name, C.describe_error(e), where)
+                    if name == "compile":
+                        prov.compile_error = e
                 C.free_memory(device)
                 rows.extend(dict(base, **{"pass": p, "status": status}) for p in PASSES)
                 continue
