@@ -62,7 +62,9 @@ def build_extensions():
     cuda_sources = sources("*.cu") + sources("*_cuda.cpp")
     include_dirs = [os.path.join(HERE, "csrc")]
     # No contraction into FMA: the kernels must round exactly as the eager reference does.
-    cxx_flags = ["-O3", "-std=c++17", "-fopenmp", "-ffp-contract=off"]
+    # No -std: torch's BuildExtension adds the standard its headers need (C++17 up to torch 2.9,
+    # C++20 from 2.10 on).
+    cxx_flags = ["-O3", "-fopenmp", "-ffp-contract=off"]
     ext_modules, built, skipped = [], [], []
     if cpu_sources:
         ext_modules.append(cpp_extension.CppExtension(
@@ -91,7 +93,7 @@ def build_extensions():
                 os.environ["TORCH_CUDA_ARCH_LIST"] = "8.0;9.0+PTX"
             ext_modules.append(cpp_extension.CUDAExtension(
                 "tks_kernels._C_cuda", cuda_sources, include_dirs=include_dirs,
-                extra_compile_args={"cxx": ["-O3", "-std=c++17"], "nvcc": ["-O3", "-std=c++17", "--fmad=false"]},
+                extra_compile_args={"cxx": ["-O3"], "nvcc": ["-O3", "--fmad=false"]},
             ))
             built.append(f"tks_kernels._C_cuda (CUDA {cuda_home}, archs {os.environ.get('TORCH_CUDA_ARCH_LIST', 'of the visible GPU')})")
     for line in built:
