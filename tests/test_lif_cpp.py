@@ -43,9 +43,9 @@ def test_cpp_lengths(T, leak):
     compare(x, v_init, leak_kw, backend="cpp", v_threshold=0.5, surrogate="piecewise_quadratic", alpha=2.0)
 
 
-# 513 and 1025: a partial last chunk of the kernel's 512-neuron chunks; 2 * 40000: many chunks on both threads
-@pytest.mark.parametrize("shape", [(4, 7), (3, 5, 9), (2, 3, 4, 5), (3, 2, 3, 5, 7), (5, 1), (7,), (4, 513),
-                                   (3, 1025), (3, 2, 40000)])
+# 4097: one neuron past the kernel's 4096-neuron chunk; 2 * 40000: many chunks, a partial one, both threads
+@pytest.mark.parametrize("shape", [(4, 7), (3, 5, 9), (2, 3, 4, 5), (3, 2, 3, 5, 7), (5, 1), (7,), (3, 4097),
+                                   (3, 2, 40000)])
 def test_cpp_shapes(shape):
     # (compare() takes a 0-dim gradient for the leak's: no v_init for a 1-D x_seq)
     x, v_init, leak_kw = make_case(shape, torch.float32, CPU, "lif", with_v_init=len(shape) > 1)
@@ -165,6 +165,51 @@ def test_cpp_leak_gradient_is_deterministic_across_thread_counts():
     finally:
         torch.set_num_threads(threads)
     assert grads[0].item() == grads[1].item() == grads[2].item()
+
+
+_ISA_SCRIPT = """
+import sys, torch
+from tks_kernels import _ext
+from tks_kernels.lif import lif_multistep
+_ext.load("cpp")
+out = {"isa": torch.ops.tks.lif_cpu_isa()}
+for dtype in [torch.float32, torch.bfloat16, torch.float16]:
+    for surrogate in ["sigmoid", "erf", "atan"]:
+        g = torch.Generator().manual_seed(0)
+        x = (torch.randn(5, 3, 3001, generator=g) * 2).to(dtype).requires_grad_()
+        decay = torch.tensor(0.4, requires_grad=True)
+        s, v = lif_multistep(x, decay=decay, v_threshold=0.5, surrogate=surrogate, store_v_seq=True, backend="cpp")
+        gx, gd = torch.autograd.grad((s.float() * torch.randn(s.shape, generator=g)).sum() + v.sum(), [x, decay])
+        out[(str(dtype), surrogate)] = (s, v, gx, gd)
+torch.save(out, sys.argv[1])
+"""
+
+
+def test_cpp_isa_builds_agree_bit_for_bit(tmp_path):
+    """The baseline, AVX2 and AVX-512 builds of the CPU kernels give the same bits (same operations
+    per element, no reassociation); TKS_CPU_ISA=generic|avx2 caps the one that runs."""
+    import os
+    import subprocess
+    import sys
+
+    results = {}
+    for cap in ["generic", "avx2", "default"]:
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+        env.pop("TKS_CPU_ISA", None)
+        if cap != "default":
+            env["TKS_CPU_ISA"] = cap
+        out = tmp_path / f"{cap}.pt"
+        subprocess.run([sys.executable, "-c", _ISA_SCRIPT, str(out)], env=env, check=True, timeout=300)
+        result = torch.load(out)
+        results[result.pop("isa")] = result
+    assert "generic" in results
+    if len(results) == 1:
+        pytest.skip("this CPU (or compiler) has no AVX2 / AVX-512 build of the kernels: nothing to compare")
+    base = results.pop("generic")
+    for isa, result in results.items():
+        for key, tensors in base.items():
+            for name, a, b in zip(["spikes", "v", "grad_x", "grad_decay"], tensors, result[key]):
+                assert_equal(b, a, f"{key} {name}: {isa} vs generic")
 
 
 @pytest.mark.parametrize("kind,decay_input,v_reset,detach_reset,surrogate", SJ_GRID,
