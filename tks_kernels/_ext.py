@@ -8,6 +8,8 @@ the modules in ``_PY_REGISTRATIONS``. Nothing is imported until a backend needs 
 from __future__ import annotations
 
 import importlib
+import json
+from pathlib import Path
 from typing import Optional
 
 import torch
@@ -23,7 +25,18 @@ _PY_REGISTRATIONS = ("tks_kernels.lif.extension",)
 _load_errors: dict[str, Optional[str]] = {}
 
 
+def _build_info() -> Optional[dict]:
+    """What the install built or skipped and why (written by setup.py next to the extensions)."""
+    try:
+        return json.loads(Path(__file__).with_name("_build_info.json").read_text())
+    except (OSError, ValueError):
+        return None
+
+
 def _not_built(kind: str) -> str:
+    info = (_build_info() or {}).get(kind)
+    if info and not info.get("built"):
+        return f"{_MODULES[kind]} is not built: the install skipped it ({info.get('why')}); rebuild with: {INSTALL_HINT}"
     if kind == "cuda":
         return (
             "the compiled CUDA extension (tks_kernels._C_cuda) is not built: the install found no CUDA toolkit, "
@@ -119,3 +132,17 @@ def unavailable_reason(kind: str, x: torch.Tensor, op: str) -> Optional[str]:
     if build is not None:
         reasons.append(build)
     return "; and ".join(reasons) if reasons else None
+
+
+def _report() -> None:
+    """``python -m tks_kernels._ext``: which compiled backends load here, and why not."""
+    print(f"torch {torch.__version__}, CUDA {torch.version.cuda}, GPU: {torch.cuda.is_available()}")
+    for kind, module in _MODULES.items():
+        reason = load_reason(kind)
+        print(f"{module} ({kind}): {'loads' if reason is None else reason}")
+    if load_reason("cpp") is None:
+        print(f"CPU kernels run with: {torch.ops.tks.lif_cpu_isa()}")
+
+
+if __name__ == "__main__":
+    _report()
