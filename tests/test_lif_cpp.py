@@ -285,9 +285,10 @@ def test_opcheck_lif_ops():
         2, 2.0, True, 0.5, 0.0, False, False, 1, 2.0, False, torch.float32, True))
 
 
-def test_torch_compile_fullgraph_matches_eager():
-    """Linear -> LIF (cpp op) -> Linear compiles without a graph break; values and gradients
-    equal eager."""
+@pytest.mark.parametrize("dynamic", [False, True])
+def test_torch_compile_fullgraph_matches_eager(dynamic):
+    """Linear -> LIF (cpp op) -> Linear compiles without a graph break (static and dynamic shapes);
+    values and gradients equal eager."""
     torch.manual_seed(0)
     T, B, D = 6, 4, 32
     lin1, lin2 = torch.nn.Linear(D, 48), torch.nn.Linear(48, 5)
@@ -300,7 +301,7 @@ def test_torch_compile_fullgraph_matches_eager():
     x = torch.randn(T, B, D)
     params = [*lin1.parameters(), *lin2.parameters(), tau]
     torch._dynamo.reset()
-    compiled = torch.compile(model, fullgraph=True, backend="aot_eager")
+    compiled = torch.compile(model, fullgraph=True, backend="aot_eager", dynamic=dynamic)
     outs = {}
     for name, fn in [("eager", model), ("compiled", compiled)]:
         out, v = fn(x)
