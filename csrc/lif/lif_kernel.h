@@ -52,7 +52,7 @@ struct LIFBackwardArgs {
   float* grad_v_init;       // [N]
   // The learnable leak's gradient, or nullptr: summed per neuron in fp64 and reduced in the launch.
   float* grad_decay;        // 0-dim
-  double* workspace;        // GPU: lif_backward_cuda_workspace_bytes(N) bytes; CPU: unused
+  double* workspace;        // GPU: lif_backward_cuda_workspace_size(dtype, args) doubles; CPU: unused
   int64_t T, N, x_stride_t;
 };
 
