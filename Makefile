@@ -9,11 +9,13 @@ export CUDA_HOME ?= $(if $(wildcard /usr/local/cuda/bin/nvcc),/usr/local/cuda,)
 
 .PHONY: install demo test clean
 
-$(VENV)/.installed: setup.py Makefile
+# csrc/ in the prerequisites: editing a kernel rebuilds the extensions on the next make.
+$(VENV)/.installed: setup.py Makefile $(shell find csrc -type f 2>/dev/null)
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip setuptools wheel ninja
 	$(PY) -m pip install -q $(TORCH_SPEC)
 	$(PY) -m pip install -q --no-build-isolation -e ".[test,train]"
+	$(PY) -m tks_kernels._ext  # which compiled kernels were built and load, and why not
 	touch $@
 
 install: $(VENV)/.installed
@@ -32,4 +34,4 @@ test: install
 	$(PY) -m pytest -q tests
 
 clean:
-	rm -rf $(VENV) build *.egg-info tks_kernels/*.so
+	rm -rf $(VENV) build *.egg-info tks_kernels/*.so tks_kernels/_build_info.json

@@ -266,6 +266,13 @@ SJ_GRID = [c for c in itertools.product(["LIF", "IF", "PLIF"], [True, False], [0
 @pytest.mark.parametrize("kind,decay_input,v_reset,detach_reset,surrogate", SJ_GRID,
                          ids=[f"{k}-di{int(d)}-{'soft' if r is None else 'hard'}-det{int(dr)}-{s}" for k, d, r, dr, s in SJ_GRID])
 def test_reference_and_triton_match_spikingjelly(device, kind, decay_input, v_reset, detach_reset, surrogate):
+    check_spikingjelly_agreement(kind, decay_input, v_reset, detach_reset, surrogate, ["reference", "triton"], device)
+
+
+def check_spikingjelly_agreement(kind, decay_input, v_reset, detach_reset, surrogate, backends, device="cpu"):
+    """Two calls of spikingjelly's node (on the CPU; state carried over) against two calls of each
+    backend (v_init = the last v; "triton" runs on ``device``): spikes exactly, v_seq and gradients
+    (x and PLIF's w) within TOL."""
     torch.manual_seed(7)
     T, shape = 6, (3, 97)
     alpha = {"sigmoid": 3.0, "atan": 2.5, "piecewise_quadratic": 2.0}.get(surrogate)
@@ -294,9 +301,9 @@ def test_reference_and_triton_match_spikingjelly(device, kind, decay_input, v_re
     params = [x] + ([node.w] if kind == "PLIF" else [])
     sj_grads = torch.autograd.grad(sj_loss, params)
 
-    for backend in ["reference", "triton"]:
-        fn = lif_multistep_reference if backend == "reference" else lambda *a, **k: lif_multistep(*a, backend="triton", **k)
-        dev = "cpu" if backend == "reference" else device  # spikingjelly ran on the CPU
+    for backend in backends:
+        fn = lif_multistep_reference if backend == "reference" else lambda *a, **k: lif_multistep(*a, backend=backend, **k)
+        dev = device if backend in ("triton", "cuda") else "cpu"
         xd = x.detach().to(dev).requires_grad_()
         w = node.w.detach().clone().to(dev).requires_grad_() if kind == "PLIF" else None
         kw = dict(leak_kw) if leak_kw is not None else {"decay": w.sigmoid()}

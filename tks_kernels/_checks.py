@@ -28,7 +28,8 @@ def check_real(name: str, value: Any, *, allow_none: bool = False) -> float | No
         hint = " (pass a Python number, e.g. value.item())" if isinstance(value, torch.Tensor) else ""
         raise TypeError(f"{name} must be {kind}, got {type(value).__name__} {value!r}{hint}")
     value = float(value)
-    if not math.isfinite(value):
+    # not math.isfinite: torch.compile(dynamic=True) cannot trace it on a Python float
+    if value != value or value in (math.inf, -math.inf):
         raise ValueError(f"{name} must be finite, got {value}")
     return value
 

@@ -3,34 +3,25 @@
 implementation (torch.compile traces them) and an autograd formula registered here."""
 from __future__ import annotations
 
-import importlib
 from typing import Optional
 
 import torch
 
-from .._backends import INSTALL_HINT
+from .. import _ext
 from .config import TKSLossConfig
 
 _registered = False
-_load_error: Optional[str] = None
 
 
 def _load() -> Optional[str]:
-    """Import ``tks_kernels._C`` and register the Python parts of the ops once; None when ready,
-    else why not."""
-    global _registered, _load_error
+    """Load ``tks_kernels._C`` (through ``tks_kernels._ext``) and register the Python parts of the
+    ops once; None when ready, else why not."""
+    global _registered
     if _registered:
         return None
-    if _load_error is not None:
-        return _load_error
-    try:
-        importlib.import_module("tks_kernels._C")
-    except ImportError as err:
-        _load_error = f"the compiled extension tks_kernels._C is not built or does not load ({err}); build it with: {INSTALL_HINT}"
-        return _load_error
-    if not hasattr(torch.ops.tks, "tks_loss_forward"):
-        _load_error = f"tks_kernels._C was built without tks_loss (csrc/tks_loss/); rebuild it with: {INSTALL_HINT}"
-        return _load_error
+    reason = _ext.unavailable_reason("cpp", torch.empty(0), "tks_loss", arg="logits")
+    if reason is not None:
+        return reason
     _register_python_parts()
     _registered = True
     return None

@@ -1,0 +1,263 @@
+// Torch side of the LIF ops, shared by the CPU (lif_cpu.cpp) and CUDA (lif_cuda.cpp) bindings:
+// argument checks (TORCH_CHECK on device, dtype, shape), output allocation, and the raw-pointer
+// argument structs handed to the kernels. The schemas are in lif_ops.cpp.
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include <cmath>
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <tuple>
+
+#include "lif/lif_kernel.h"
+
+#if defined(__linux__)
+#include <sys/mman.h>
+#endif
+
+namespace tks {
+namespace lif {
+
+using TensorTriple = std::tuple<at::Tensor, at::Tensor, at::Tensor>;
+
+inline std::string device_hint(c10::DeviceType kernel) {
+  return kernel == c10::DeviceType::CUDA
+             ? "the CUDA kernel takes CUDA tensors (use backend='cpp' for CPU tensors, or move them with .cuda())"
+             : "the CPU kernel takes CPU tensors (use backend='cuda' or 'triton' for CUDA tensors, or move them with .cpu())";
+}
+
+inline DType check_io_dtype(const char* op, const char* name, at::ScalarType t) {
+  switch (t) {
+    case at::kFloat: return DType::kFloat32;
+    case at::kHalf: return DType::kFloat16;
+    case at::kBFloat16: return DType::kBFloat16;
+    default:
+      TORCH_CHECK(false, op, ": ", name, " has dtype ", t, "; expected float32, float16 or bfloat16");
+  }
+  return DType::kFloat32;
+}
+
+// `t` lives where the kernel runs, on x_seq's device.
+inline void check_device(const char* op, const char* name, const at::Tensor& t, const at::Device& device,
+                         c10::DeviceType kernel) {
+  TORCH_CHECK(t.device().type() == kernel, op, ": ", name, " is on ", t.device(), "; ", device_hint(kernel));
+  TORCH_CHECK(t.device() == device, op, ": ", name, " is on ", t.device(), " but x_seq is on ", device,
+              "; put every tensor on one device");
+}
+
+inline void check_float(const char* op, const char* name, const at::Tensor& t) {
+  TORCH_CHECK(t.is_floating_point(), op, ": ", name, " has dtype ", t.scalar_type(), "; expected a float tensor");
+}
+
+inline LIFParams make_params(int64_t leak, double tau, bool decay_input, double v_threshold, double v_reset,
+                             bool soft_reset, bool detach_reset, int64_t surrogate, double alpha, bool store_v_seq) {
+  const char* op = "tks::lif";
+  TORCH_CHECK(leak == kLeakIF || leak == kLeakDiv || leak == kLeakMul, op,
+              ": leak must be 0 (IF), 1 (float tau) or 2 (decay tensor), got ", leak);
+  TORCH_CHECK(leak != kLeakDiv || (std::isfinite(tau) && tau > 0.0), op, ": tau must be finite and > 0, got ", tau);
+  TORCH_CHECK(surrogate >= 0 && surrogate < kNumSurrogates, op, ": surrogate id ", surrogate,
+              " is unknown (tks_kernels.lif.SURROGATES lists the ids)");
+  TORCH_CHECK(std::isfinite(alpha) && alpha > 0.0, op, ": alpha must be finite and > 0, got ", alpha);
+  TORCH_CHECK(std::isfinite(v_threshold) && std::isfinite(v_reset), op, ": v_threshold and v_reset must be finite");
+  LIFParams p;
+  p.leak = static_cast<int>(leak);
+  p.decay_input = decay_input;
+  p.soft_reset = soft_reset;
+  p.detach_reset = detach_reset;
+  p.store_v_seq = store_v_seq;
+  p.surrogate = static_cast<int>(surrogate);
+  // The reference computes in fp32 with the Python floats rounded to fp32 (tensor-scalar ops).
+  p.tau = static_cast<float>(tau);
+  p.v_threshold = static_cast<float>(v_threshold);
+  p.v_reset = soft_reset ? 0.0f : static_cast<float>(v_reset);
+  p.alpha = static_cast<float>(alpha);
+  return p;
+}
+
+// x_seq as [T, N] rows without a copy when each step is contiguous (the time stride is free),
+// else a contiguous copy; the same rule as tks_kernels/lif/triton.py _as_rows.
+struct Rows {
+  at::Tensor x;
+  int64_t T, N, stride_t;
+};
+
+inline Rows as_rows(const at::Tensor& x_seq) {
+  Rows r;
+  r.T = x_seq.size(0);
+  r.x = x_seq.select(0, 0).is_contiguous() ? x_seq : x_seq.contiguous();
+  r.N = r.x.numel() / std::max<int64_t>(r.T, 1);
+  r.stride_t = r.T > 1 ? r.x.stride(0) : r.N;
+  return r;
+}
+
+// A 0-dim (one-element) fp32 tensor on x's device, or nullopt.
+inline std::optional<at::Tensor> scalar_fp32(const char* op, const char* name, const std::optional<at::Tensor>& t,
+                                             const at::Device& device, c10::DeviceType kernel) {
+  if (!t.has_value()) return std::nullopt;
+  check_device(op, name, *t, device, kernel);
+  check_float(op, name, *t);
+  TORCH_CHECK(t->numel() == 1, op, ": ", name, " must have one element (a 0-dim tensor), got shape ", t->sizes());
+  return t->to(at::kFloat).contiguous();
+}
+
+// A [N] state tensor shaped like one step, as fp32 contiguous, or nullopt.
+inline std::optional<at::Tensor> state_fp32(const char* op, const char* name, const std::optional<at::Tensor>& t,
+                                            at::IntArrayRef step_shape, const at::Device& device,
+                                            c10::DeviceType kernel) {
+  if (!t.has_value()) return std::nullopt;
+  check_device(op, name, *t, device, kernel);
+  check_float(op, name, *t);
+  TORCH_CHECK(t->sizes() == step_shape, op, ": ", name, " has shape ", t->sizes(), " but one step has shape ",
+              step_shape);
+  return t->to(at::kFloat).contiguous();
+}
+
+// A fresh, untouched CPU output: ask Linux to back it with 2 MiB pages. The kernel zeroes every
+// page on first touch; with 4 KiB pages those faults cost more than the LIF kernel itself (about
+// 5 ms per 32 MiB on one core, 1.3 ms with huge pages). A hint only: nothing changes if it fails.
+// (torch does the same for all its allocations with THP_MEM_ALLOC_ENABLE=1.)
+inline void advise_huge_pages(void* data, size_t bytes) {
+#if defined(__linux__) && defined(MADV_HUGEPAGE)
+  const uintptr_t huge = uintptr_t{1} << 21;
+  const uintptr_t begin = (reinterpret_cast<uintptr_t>(data) + huge - 1) & ~(huge - 1);
+  const uintptr_t end = (reinterpret_cast<uintptr_t>(data) + bytes) & ~(huge - 1);
+  if (end > begin) madvise(reinterpret_cast<void*>(begin), end - begin, MADV_HUGEPAGE);
+#else
+  (void)data;
+  (void)bytes;
+#endif
+}
+
+inline at::Tensor empty_output(at::IntArrayRef sizes, const at::TensorOptions& options) {
+  at::Tensor t = at::empty(sizes, options);
+  if (t.is_cpu() && t.nbytes() >= (size_t{4} << 20)) advise_huge_pages(t.data_ptr(), t.nbytes());
+  return t;
+}
+
+template <typename T>
+inline const T* ptr_or_null(const std::optional<at::Tensor>& t) {
+  return t.has_value() ? t->data_ptr<T>() : nullptr;
+}
+
+// tks::lif_forward: checks, allocates, fills the kernel arguments and calls
+// launch(dtype, params, args). Returns (spikes, v, h); h is empty [0] when save_h is false.
+template <typename Launch>
+TensorTriple lif_forward_impl(c10::DeviceType kernel, const at::Tensor& x_seq, const std::optional<at::Tensor>& v_init,
+                              const std::optional<at::Tensor>& decay, int64_t leak, double tau, bool decay_input,
+                              double v_threshold, double v_reset, bool soft_reset, bool detach_reset,
+                              int64_t surrogate, double alpha, bool store_v_seq, bool save_h, Launch launch) {
+  const char* op = "tks::lif_forward";
+  const at::Device device = x_seq.device();
+  check_device(op, "x_seq", x_seq, device, kernel);
+  const DType dtype = check_io_dtype(op, "x_seq", x_seq.scalar_type());
+  TORCH_CHECK(x_seq.dim() >= 1 && x_seq.size(0) >= 1, op, ": x_seq must have shape [T, *] with T >= 1, got ",
+              x_seq.sizes());
+  const LIFParams p =
+      make_params(leak, tau, decay_input, v_threshold, v_reset, soft_reset, detach_reset, surrogate, alpha, store_v_seq);
+  const at::IntArrayRef step_shape = x_seq.sizes().slice(1);
+  const auto v0 = state_fp32(op, "v_init", v_init, step_shape, device, kernel);
+  const auto k = scalar_fp32(op, "decay", decay, device, kernel);
+  TORCH_CHECK(leak != kLeakMul || k.has_value(), op, ": leak=2 (decay tensor) needs decay");
+
+  const Rows rows = as_rows(x_seq);
+  const auto f32 = x_seq.options().dtype(at::kFloat);
+  at::Tensor spikes = empty_output(x_seq.sizes(), x_seq.options());
+  at::Tensor v_out = empty_output(store_v_seq ? x_seq.sizes() : step_shape, f32);
+  at::Tensor h = save_h ? empty_output(x_seq.sizes(), f32) : at::empty({0}, f32);
+
+  LIFForwardArgs a;
+  a.x = rows.x.data_ptr();
+  a.v_init = ptr_or_null<float>(v0);
+  a.decay = leak == kLeakMul ? k->data_ptr<float>() : nullptr;
+  a.spikes = spikes.data_ptr();
+  a.v_out = v_out.data_ptr<float>();
+  a.h = save_h ? h.data_ptr<float>() : nullptr;
+  a.T = rows.T;
+  a.N = rows.N;
+  a.x_stride_t = rows.stride_t;
+  if (a.N > 0) launch(dtype, p, a);
+  return {spikes, v_out, h};
+}
+
+// tks::lif_backward: returns (grad_x [T, *] in x_dtype, grad_v_init [*] fp32, grad_decay 0-dim fp32,
+// zero unless need_grad_decay). launch(dtype, params, args) fills them.
+template <typename Launch>
+TensorTriple lif_backward_impl(c10::DeviceType kernel, const std::optional<at::Tensor>& grad_spikes,
+                               const std::optional<at::Tensor>& grad_v, const at::Tensor& h,
+                               const std::optional<at::Tensor>& x_seq, const std::optional<at::Tensor>& v_init,
+                               const std::optional<at::Tensor>& decay, int64_t leak, double tau, bool decay_input,
+                               double v_threshold, double v_reset, bool soft_reset, bool detach_reset,
+                               int64_t surrogate, double alpha, bool store_v_seq, at::ScalarType x_dtype,
+                               bool need_grad_decay, Launch launch) {
+  const char* op = "tks::lif_backward";
+  const at::Device device = h.device();
+  check_device(op, "h", h, device, kernel);
+  TORCH_CHECK(h.scalar_type() == at::kFloat, op, ": h must be float32 (the saved charge), got ", h.scalar_type());
+  TORCH_CHECK(h.dim() >= 1 && h.size(0) >= 1, op, ": h must have shape [T, *] with T >= 1, got ", h.sizes(),
+              " (was the forward called with save_h=False?)");
+  const DType dtype = check_io_dtype(op, "x_dtype", x_dtype);
+  const LIFParams p =
+      make_params(leak, tau, decay_input, v_threshold, v_reset, soft_reset, detach_reset, surrogate, alpha, store_v_seq);
+  const at::IntArrayRef step_shape = h.sizes().slice(1);
+  const at::Tensor h_c = h.contiguous();
+
+  std::optional<at::Tensor> gs;
+  if (grad_spikes.has_value()) {
+    check_device(op, "grad_spikes", *grad_spikes, device, kernel);
+    check_float(op, "grad_spikes", *grad_spikes);
+    TORCH_CHECK(grad_spikes->sizes() == h.sizes(), op, ": grad_spikes has shape ", grad_spikes->sizes(),
+                " but h has shape ", h.sizes());
+    gs = grad_spikes->to(x_dtype).contiguous();
+  }
+  std::optional<at::Tensor> gv;
+  if (grad_v.has_value()) {
+    check_device(op, "grad_v", *grad_v, device, kernel);
+    check_float(op, "grad_v", *grad_v);
+    TORCH_CHECK(grad_v->sizes() == (store_v_seq ? h.sizes() : step_shape), op, ": grad_v has shape ",
+                grad_v->sizes(), " but v has shape ", store_v_seq ? h.sizes() : step_shape);
+    gv = grad_v->to(at::kFloat).contiguous();
+  }
+  const bool need_x = need_grad_decay && decay_input;
+  TORCH_CHECK(!need_grad_decay || leak == kLeakMul, op, ": need_grad_decay needs leak=2 (decay tensor)");
+  std::optional<Rows> rows;
+  if (need_x) {
+    TORCH_CHECK(x_seq.has_value(), op, ": the leak's gradient with decay_input needs x_seq");
+    check_device(op, "x_seq", *x_seq, device, kernel);
+    TORCH_CHECK(x_seq->scalar_type() == x_dtype, op, ": x_seq has dtype ", x_seq->scalar_type(), " but x_dtype is ",
+                x_dtype);
+    TORCH_CHECK(x_seq->sizes() == h.sizes(), op, ": x_seq has shape ", x_seq->sizes(), " but h has shape ",
+                h.sizes());
+    rows = as_rows(*x_seq);
+  }
+  const auto v0 = need_grad_decay ? state_fp32(op, "v_init", v_init, step_shape, device, kernel) : std::nullopt;
+  const auto k = scalar_fp32(op, "decay", decay, device, kernel);
+  TORCH_CHECK(leak != kLeakMul || k.has_value(), op, ": leak=2 (decay tensor) needs decay");
+
+  const auto f32 = h.options();
+  at::Tensor grad_x = empty_output(h.sizes(), h.options().dtype(x_dtype));
+  at::Tensor grad_v_init = empty_output(step_shape, f32);
+  const int64_t T = h.size(0), N = h.numel() / T;
+  at::Tensor grad_decay = need_grad_decay && N > 0 ? at::empty({}, f32) : at::zeros({}, f32);
+
+  LIFBackwardArgs a;
+  a.grad_spikes = gs.has_value() ? gs->data_ptr() : nullptr;
+  a.grad_v = ptr_or_null<float>(gv);
+  a.h = h_c.data_ptr<float>();
+  a.x = rows.has_value() ? rows->x.data_ptr() : nullptr;
+  a.v_init = ptr_or_null<float>(v0);
+  a.decay = leak == kLeakMul ? k->data_ptr<float>() : nullptr;
+  a.grad_x = grad_x.data_ptr();
+  a.grad_v_init = grad_v_init.data_ptr<float>();
+  a.grad_decay = need_grad_decay ? grad_decay.data_ptr<float>() : nullptr;
+  a.workspace = nullptr;
+  a.T = T;
+  a.N = N;
+  a.x_stride_t = rows.has_value() ? rows->stride_t : N;
+  if (N > 0) launch(dtype, p, a);
+  return {grad_x, grad_v_init, grad_decay};
+}
+
+}  // namespace lif
+}  // namespace tks

@@ -1,0 +1,363 @@
+"""The C++ CPU kernels of the fused LIF (backend="cpp", ops torch.ops.tks.lif_forward/backward)
+against the eager reference and spikingjelly 2.0.0, their torch.library registration
+(torch.compile, opcheck), and the errors when they cannot run."""
+import re
+from pathlib import Path
+
+import pytest
+import torch
+
+from tks_kernels import _ext
+from tks_kernels._backends import resolve_backend
+from tks_kernels.lif import SURROGATES, lif_multistep, lif_multistep_reference
+from tks_kernels.lif import config as lif_config
+
+from _utils import assert_equal, assert_rel_close, assert_within_one_rounding
+from test_lif import (GRID, LEAKS, RESETS, SJ_GRID, TOL, check_spikingjelly_agreement, compare, leak_grad_scale,
+                      make_case, run)
+
+ROOT = Path(__file__).resolve().parents[1]
+CPP_REASON = _ext.load_reason("cpp")
+pytestmark = pytest.mark.skipif(CPP_REASON is not None, reason=f"backend='cpp' unavailable: {CPP_REASON}")
+CPU = "cpu"
+
+
+# ---------------------------------------------------------------- against the reference
+
+@pytest.mark.parametrize("leak,decay_input,reset,detach_reset,store_v_seq", GRID,
+                         ids=[f"{l}-di{int(d)}-{r}-det{int(dr)}-seq{int(sv)}" for l, d, r, dr, sv in GRID])
+@pytest.mark.parametrize("surrogate", list(SURROGATES))
+def test_cpp_matches_reference_option_grid(leak, decay_input, reset, detach_reset, store_v_seq, surrogate):
+    x, v_init, leak_kw = make_case((6, 3, 211), torch.float32, CPU, leak)
+    spikes = compare(x, v_init, leak_kw, backend="cpp", decay_input=decay_input, v_reset=RESETS[reset],
+                     detach_reset=detach_reset, surrogate=surrogate, alpha=None, store_v_seq=store_v_seq,
+                     v_threshold=0.7)
+    rate = spikes.float().mean().item()
+    assert 0.02 < rate < 0.98, f"the case must exercise both branches, firing rate {rate}"
+
+
+@pytest.mark.parametrize("T", [1, 2, 37, 300])
+@pytest.mark.parametrize("leak", LEAKS)
+def test_cpp_lengths(T, leak):
+    x, v_init, leak_kw = make_case((T, 1531 if T < 100 else 67), torch.float32, CPU, leak)
+    compare(x, v_init, leak_kw, backend="cpp", v_threshold=0.5, surrogate="piecewise_quadratic", alpha=2.0)
+
+
+# 4097: one neuron past the kernel's 4096-neuron chunk; 2 * 40000: many chunks, a partial one, both threads
+@pytest.mark.parametrize("shape", [(4, 7), (3, 5, 9), (2, 3, 4, 5), (3, 2, 3, 5, 7), (5, 1), (7,), (3, 4097),
+                                   (3, 2, 40000)])
+def test_cpp_shapes(shape):
+    # (compare() takes a 0-dim gradient for the leak's: no v_init for a 1-D x_seq)
+    x, v_init, leak_kw = make_case(shape, torch.float32, CPU, "lif", with_v_init=len(shape) > 1)
+    compare(x, v_init, leak_kw, backend="cpp", v_threshold=0.6)
+    x, _, leak_kw = make_case(shape, torch.float32, CPU, "tau_tensor")
+    compare(x, None, leak_kw, backend="cpp", v_threshold=0.6, store_v_seq=True)
+
+
+def test_cpp_empty_neurons():
+    x = torch.zeros(3, 0, requires_grad=True)
+    tau = torch.tensor(2.0, requires_grad=True)
+    s, v = lif_multistep(x, tau=tau, backend="cpp")
+    assert s.shape == (3, 0) and v.shape == (0,)
+    gx, gtau = torch.autograd.grad(s.sum() + v.sum(), [x, tau], allow_unused=True)
+    assert gx.shape == (3, 0) and gtau.item() == 0.0
+
+
+@pytest.mark.parametrize("layout", ["time_strided", "permuted", "sliced", "expanded"])
+def test_cpp_non_contiguous(layout):
+    base = torch.randn(40, 6, 30) * 1.5
+    if layout == "time_strided":
+        x = base[::2]  # time stride 2*N, each step contiguous: read in place
+    elif layout == "permuted":
+        x = base.permute(1, 0, 2)
+    elif layout == "sliced":
+        x = base[:, :, 3:17]
+    else:
+        x = base[0].expand(5, 6, 30)  # time stride 0: the same input at every step
+    assert not x.is_contiguous()
+    for leak in ["lif", "decay_tensor"]:
+        for decay_input in [True, False]:
+            _, _, leak_kw = make_case(tuple(x.shape), torch.float32, CPU, leak)
+            kw = dict(v_threshold=0.8, decay_input=decay_input)
+            s_ref, v_ref, g_ref = run("reference", x.contiguous().requires_grad_(), None, leak_kw, **kw)
+            view = x.detach().requires_grad_()
+            s, v, g = run("cpp", view, None, leak_kw, **kw)
+            assert_equal(s, s_ref, "spikes")
+            assert_rel_close(v, v_ref, TOL, "v")
+            for i, (p, q) in enumerate(zip(g, g_ref)):
+                floor = leak_grad_scale(x.contiguous(), None, leak_kw, **kw) if p.dim() == 0 else 0.0
+                assert_rel_close(p, q, TOL, f"grad[{i}]", floor=floor)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("leak", ["lif", "decay_tensor"])
+@pytest.mark.parametrize("store_v_seq", [False, True])
+def test_cpp_low_precision(dtype, leak, store_v_seq):
+    """State is fp32: spikes equal the reference on the upcast input; grad_x equals the fp32
+    reference's up to one rounding to the input dtype."""
+    x, v_init, leak_kw = make_case((7, 2, 333), dtype, CPU, leak)
+    x32 = x.detach().float().requires_grad_()
+    kw = dict(v_threshold=0.6, surrogate="atan", store_v_seq=store_v_seq)
+    s_ref, v_ref, g_ref = run("reference", x32, v_init, leak_kw, weight_dtype=dtype, **kw)
+    s, v, g = run("cpp", x, v_init, leak_kw, **kw)
+    assert s.dtype == dtype and v.dtype == torch.float32
+    assert_equal(s.float(), s_ref, "spikes")
+    assert_rel_close(v, v_ref, TOL, "v")
+    assert g[0].dtype == dtype
+    assert_within_one_rounding(g[0], g_ref[0], "grad_x")
+    for i in range(1, len(g)):
+        floor = leak_grad_scale(x32, v_init, leak_kw, **kw) if g[i].dim() == 0 else 0.0
+        assert_rel_close(g[i], g_ref[i], TOL, f"grad[{i}]", floor=floor)
+
+
+@pytest.mark.parametrize("which", ["spikes", "v"])
+def test_cpp_gradient_from_one_output(which):
+    """Only one output used: the other's gradient is None and must count as zero."""
+    x, v_init, leak_kw = make_case((5, 400), torch.float32, CPU, "tau_tensor")
+    out = {}
+    for backend in ["reference", "cpp"]:
+        fn = lif_multistep_reference if backend == "reference" else lambda *a, **k: lif_multistep(*a, backend="cpp", **k)
+        s, v = fn(x, v_init, **leak_kw, v_threshold=0.5)
+        loss = (s * torch.linspace(-1, 1, s.shape[-1])).sum() if which == "spikes" else (v * v).sum()
+        out[backend] = torch.autograd.grad(loss, [x, v_init, leak_kw["tau"]])
+    for a, b in zip(out["cpp"], out["reference"]):
+        assert_rel_close(a, b, TOL, "grad")
+
+
+def test_cpp_no_grad_path():
+    x = torch.randn(4, 100)
+    with torch.no_grad():
+        s, v = lif_multistep(x, backend="cpp")
+    s_ref, v_ref = lif_multistep(x, backend="torch")
+    assert_equal(s, s_ref, "spikes")
+    assert_equal(v, v_ref, "v")
+    assert not s.requires_grad
+
+
+def test_cpp_fire_at_threshold_exactly():
+    """Θ(0) = 1: H equal to the threshold fires."""
+    s, _ = lif_multistep(torch.tensor([[1.0, 0.999999]]), tau=None, v_threshold=1.0, backend="cpp")
+    assert s.tolist() == [[1.0, 0.0]]
+
+
+def test_cpp_forward_is_bitwise_the_reference():
+    """fp32 v equals the reference bit for bit (same operations, same rounding, no FMA)."""
+    for leak in LEAKS:
+        for decay_input in [True, False]:
+            x, v_init, leak_kw = make_case((9, 4099), torch.float32, CPU, leak, scale=0.7)
+            kw = dict(v_threshold=0.4, decay_input=decay_input, store_v_seq=True, v_reset=-0.1)
+            with torch.no_grad():
+                s_ref, v_ref = lif_multistep_reference(x, v_init, **leak_kw, **kw)
+                s, v = lif_multistep(x, v_init, **leak_kw, **kw, backend="cpp")
+            assert_equal(s, s_ref, f"{leak} spikes")
+            assert_equal(v, v_ref, f"{leak} decay_input={decay_input} v")
+
+
+def test_cpp_leak_gradient_is_deterministic_across_thread_counts():
+    """The learnable leak's gradient is summed per chunk, then over chunks in order."""
+    x, v_init, leak_kw = make_case((4, 3, 50000), torch.float32, CPU, "decay_tensor")
+    threads = torch.get_num_threads()
+    grads = []
+    try:
+        for n in [1, 2, 1]:
+            torch.set_num_threads(n)
+            grads.append(run("cpp", x, v_init, leak_kw, v_threshold=0.6)[2][2])
+    finally:
+        torch.set_num_threads(threads)
+    assert grads[0].item() == grads[1].item() == grads[2].item()
+
+
+_ISA_SCRIPT = """
+import sys, torch
+from tks_kernels import _ext
+from tks_kernels.lif import lif_multistep
+_ext.load("cpp")
+out = {"isa": torch.ops.tks.lif_cpu_isa()}
+for dtype in [torch.float32, torch.bfloat16, torch.float16]:
+    for surrogate in ["sigmoid", "erf", "atan"]:
+        g = torch.Generator().manual_seed(0)
+        x = (torch.randn(5, 3, 3001, generator=g) * 2).to(dtype).requires_grad_()
+        decay = torch.tensor(0.4, requires_grad=True)
+        s, v = lif_multistep(x, decay=decay, v_threshold=0.5, surrogate=surrogate, store_v_seq=True, backend="cpp")
+        gx, gd = torch.autograd.grad((s.float() * torch.randn(s.shape, generator=g)).sum() + v.sum(), [x, decay])
+        out[(str(dtype), surrogate)] = (s, v, gx, gd)
+torch.save(out, sys.argv[1])
+"""
+
+
+def test_cpp_isa_builds_agree_bit_for_bit(tmp_path):
+    """The baseline, AVX2 and AVX-512 builds of the CPU kernels give the same bits (same operations
+    per element, no reassociation); TKS_CPU_ISA=generic|avx2 caps the one that runs."""
+    import os
+    import subprocess
+    import sys
+
+    results = {}
+    for cap in ["generic", "avx2", "default"]:
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+        env.pop("TKS_CPU_ISA", None)
+        if cap != "default":
+            env["TKS_CPU_ISA"] = cap
+        out = tmp_path / f"{cap}.pt"
+        subprocess.run([sys.executable, "-c", _ISA_SCRIPT, str(out)], env=env, check=True, timeout=300)
+        result = torch.load(out)
+        results[result.pop("isa")] = result
+    assert "generic" in results
+    if len(results) == 1:
+        pytest.skip("this CPU (or compiler) has no AVX2 / AVX-512 build of the kernels: nothing to compare")
+    base = results.pop("generic")
+    for isa, result in results.items():
+        for key, tensors in base.items():
+            for name, a, b in zip(["spikes", "v", "grad_x", "grad_decay"], tensors, result[key]):
+                assert_equal(b, a, f"{key} {name}: {isa} vs generic")
+
+
+@pytest.mark.parametrize("kind,decay_input,v_reset,detach_reset,surrogate", SJ_GRID,
+                         ids=[f"{k}-di{int(d)}-{'soft' if r is None else 'hard'}-det{int(dr)}-{s}" for k, d, r, dr, s in SJ_GRID])
+def test_cpp_matches_spikingjelly(kind, decay_input, v_reset, detach_reset, surrogate):
+    check_spikingjelly_agreement(kind, decay_input, v_reset, detach_reset, surrogate, ["cpp"])
+
+
+# ---------------------------------------------------------------- backend choice
+
+def test_auto_backend_picks_cpp_on_cpu():
+    assert resolve_backend("auto", torch.ones(2, 3), "lif_multistep", lambda kind, x: _ext.unavailable_reason(kind, x, "lif")) == "cpp"
+
+
+def test_auto_falls_back_to_reference_when_cpp_missing(monkeypatch):
+    monkeypatch.setitem(_ext._op_reasons, ("cpp", "lif"), _ext._not_built("cpp"))
+    x = torch.randn(3, 10)
+    s, v = lif_multistep(x)  # auto: the reference
+    assert_equal(v, lif_multistep_reference(x)[1], "v")
+    with pytest.raises(RuntimeError, match=r"not built; build it with: pip install --no-build-isolation -e \."):
+        lif_multistep(x, backend="cpp")
+
+
+def test_import_error_messages():
+    missing = ModuleNotFoundError("No module named 'tks_kernels._C_cuda'", name="tks_kernels._C_cuda")
+    assert "pip install --no-build-isolation -e ." in _ext._import_error("cuda", missing)
+    assert "no CUDA toolkit" in _ext._import_error("cuda", missing)
+    stale = ImportError("/x/_C.so: undefined symbol: _ZN3c104impl3cow11cow_deleterEPv")
+    msg = _ext._import_error("cpp", stale)
+    assert "built for another torch" in msg and "undefined symbol" in msg and "pip install" in msg
+
+
+def test_cpp_backend_on_other_device_says_why():
+    reason = _ext.unavailable_reason("cpp", torch.ones(2, device="meta"), "lif")
+    assert "backend='cpp' runs on CPU tensors" in reason
+
+
+def test_cuda_backend_on_cpu_tensor_says_why():
+    with pytest.raises(RuntimeError, match="backend='cuda' runs on CUDA tensors and x_seq is on cpu"):
+        lif_multistep(torch.ones(3, 4), backend="cuda")
+
+
+# ---------------------------------------------------------------- the torch ops
+
+def _forward_args(x, v_init=None, decay=None, leak=1, store_v_seq=False, save_h=True, surrogate=0):
+    # x_seq, v_init, decay, leak, tau, decay_input, v_threshold, v_reset, soft_reset, detach_reset,
+    # surrogate, alpha, store_v_seq, save_h
+    return (x, v_init, decay, leak, 2.0, True, 0.5, 0.0, False, False, surrogate, 4.0, store_v_seq, save_h)
+
+
+def test_surrogate_and_leak_ids_match_the_header():
+    """csrc/lif/surrogate.h and lif_kernel.h repeat the ids of surrogate.py and config.py."""
+    header = (ROOT / "csrc/lif/surrogate.h").read_text()
+    ids = {re.sub(r"(?<!^)([A-Z])", r"_\1", m.group(1)).lower(): int(m.group(2))
+           for m in re.finditer(r"\bk(\w+) = (\d+),", header) if m.group(1) != "NumSurrogates"}
+    assert ids == {name: sid for name, (sid, _) in SURROGATES.items()}
+    kernel_h = (ROOT / "csrc/lif/lif_kernel.h").read_text()
+    leaks = dict(re.findall(r"kLeak(\w+) = (\d)", kernel_h))
+    assert (int(leaks["IF"]), int(leaks["Div"]), int(leaks["Mul"])) == (
+        lif_config.LEAK_IF, lif_config.LEAK_DIV, lif_config.LEAK_MUL)
+
+
+def test_opcheck_lif_ops():
+    """Schema, fake implementation, autograd registration and AOT dispatch of the ops."""
+    x = torch.randn(5, 3, 17, requires_grad=True)
+    v_init = torch.randn(3, 17, requires_grad=True)
+    decay = torch.tensor(0.4, requires_grad=True)
+    torch.library.opcheck(torch.ops.tks.lif_forward.default, _forward_args(x, v_init))
+    torch.library.opcheck(torch.ops.tks.lif_forward.default, _forward_args(x, v_init, decay, leak=2, store_v_seq=True))
+    h = torch.randn(5, 3, 17)
+    torch.library.opcheck(torch.ops.tks.lif_backward.default, (
+        torch.randn(5, 3, 17), torch.randn(3, 17), h, x.detach(), v_init.detach(), decay.detach(),
+        2, 2.0, True, 0.5, 0.0, False, False, 1, 2.0, False, torch.float32, True))
+
+
+@pytest.mark.parametrize("dynamic", [False, True])
+def test_torch_compile_fullgraph_matches_eager(dynamic):
+    """Linear -> LIF (cpp op) -> Linear compiles without a graph break (static and dynamic shapes);
+    values and gradients equal eager."""
+    torch.manual_seed(0)
+    T, B, D = 6, 4, 32
+    lin1, lin2 = torch.nn.Linear(D, 48), torch.nn.Linear(48, 5)
+    tau = torch.tensor(2.5, requires_grad=True)
+
+    def model(x):
+        spikes, v = lif_multistep(lin1(x), tau=tau, v_threshold=0.3, surrogate="atan", backend="cpp")
+        return lin2(spikes).mean(0), v
+
+    x = torch.randn(T, B, D)
+    params = [*lin1.parameters(), *lin2.parameters(), tau]
+    torch._dynamo.reset()
+    compiled = torch.compile(model, fullgraph=True, backend="aot_eager", dynamic=dynamic)
+    outs = {}
+    for name, fn in [("eager", model), ("compiled", compiled)]:
+        out, v = fn(x)
+        grads = torch.autograd.grad((out * out).sum() + v.sum(), params)
+        outs[name] = (out, v, grads)
+    (o1, v1, g1), (o2, v2, g2) = outs["eager"], outs["compiled"]
+    assert_equal(o2, o1, "output")
+    assert_equal(v2, v1, "v")
+    for i, (a, b) in enumerate(zip(g2, g1)):
+        assert_rel_close(a, b, 1e-6, f"grad[{i}]")
+
+
+def test_torch_compile_inductor():
+    torch.manual_seed(1)
+    lin = torch.nn.Linear(16, 24)
+
+    def model(x):
+        s, v = lif_multistep(lin(x), decay=torch.sigmoid(w), store_v_seq=True, backend="cpp")
+        return s.sum(0), v
+
+    w = torch.tensor(0.3, requires_grad=True)
+    x = torch.randn(5, 3, 16)
+    torch._dynamo.reset()
+    compiled = torch.compile(model, fullgraph=True)
+    (s1, v1), (s2, v2) = model(x), compiled(x)
+    assert_equal(s2, s1, "spikes")
+    assert_rel_close(v2, v1, 1e-6, "v")
+    g1 = torch.autograd.grad(s1.sum() + v1.sum(), [w, *lin.parameters()])
+    g2 = torch.autograd.grad(compiled(x)[0].sum() + compiled(x)[1].sum(), [w, *lin.parameters()])
+    for i, (a, b) in enumerate(zip(g2, g1)):
+        assert_rel_close(a, b, 1e-5, f"grad[{i}]")
+
+
+# ---------------------------------------------------------------- bad input to the ops
+
+@pytest.mark.parametrize("change,match", [
+    (dict(x=torch.ones(3, 4, dtype=torch.int32)), "x_seq has dtype Int"),
+    (dict(x=torch.ones(3, 4, dtype=torch.float64)), "x_seq has dtype Double"),
+    (dict(x=torch.ones(0, 4)), "T >= 1"),
+    (dict(v_init=torch.zeros(5)), "v_init has shape"),
+    (dict(v_init=torch.zeros(4, dtype=torch.int64)), "v_init has dtype Long"),
+    (dict(leak=2), "needs decay"),
+    (dict(leak=7), "leak must be 0"),
+    (dict(decay=torch.ones(2), leak=2), "one element"),
+    (dict(surrogate=9), "surrogate id 9"),
+    (dict(v_init=torch.zeros(4, device="meta")), "v_init is on meta"),
+])
+def test_op_bad_input_raises_clear_error(change, match):
+    kw = dict(x=torch.ones(3, 4))
+    kw.update(change)
+    with pytest.raises(RuntimeError, match=match):
+        torch.ops.tks.lif_forward(*_forward_args(**kw))
+
+
+def test_op_backward_without_saved_h_raises():
+    x = torch.randn(3, 4, requires_grad=True)
+    s, v, _ = torch.ops.tks.lif_forward(*_forward_args(x, save_h=False))
+    with pytest.raises(RuntimeError, match="save_h=False"):
+        v.sum().backward()

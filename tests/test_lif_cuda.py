@@ -1,0 +1,296 @@
+"""The CUDA kernels of the fused LIF (backend="cuda", ops torch.ops.tks.lif_forward/backward).
+
+Without a GPU (CI): the extension is built whenever a CUDA toolkit is present, imports, registers
+its CUDA kernels, carries sm_90 code, and rejects CPU tensors with a clear error. With a GPU: the
+kernels against the eager reference over the option grid, against the Triton kernels, and on
+tensors past 2^31 elements."""
+import os
+import shutil
+import struct
+import subprocess
+from pathlib import Path
+
+import pytest
+import torch
+
+from tks_kernels import _ext
+from tks_kernels.lif import SURROGATES, lif_multistep, lif_multistep_reference
+
+from _utils import assert_equal, assert_rel_close, assert_within_one_rounding
+from test_lif import GRID, LEAKS, RESETS, TOL, compare, leak_grad_scale, make_case, run
+
+HAS_GPU = torch.cuda.is_available()
+needs_gpu = pytest.mark.skipif(not HAS_GPU, reason="needs a CUDA GPU (this machine has none): run on a GPU machine")
+
+
+def _nvcc():
+    """The CUDA toolkit's nvcc that setup.py would find, or None."""
+    home = os.environ.get("CUDA_HOME") or os.environ.get("CUDA_PATH")
+    for candidate in ([home] if home else []) + ["/usr/local/cuda"]:
+        if os.path.exists(os.path.join(candidate, "bin", "nvcc")):
+            return os.path.join(candidate, "bin", "nvcc")
+    return shutil.which("nvcc")
+
+
+def _why_no_cuda_build():
+    if os.environ.get("TKS_SKIP_CUDA_BUILD", "0") == "1":
+        return "TKS_SKIP_CUDA_BUILD=1: the CUDA extension is not built on purpose"
+    if torch.version.cuda is None:
+        return f"torch {torch.__version__} is a CPU-only build: no CUDA extension"
+    if _nvcc() is None:
+        return "no CUDA toolkit (nvcc) here: no CUDA extension"
+    return None
+
+
+NO_BUILD = _why_no_cuda_build()
+needs_build = pytest.mark.skipif(NO_BUILD is not None, reason=str(NO_BUILD))
+
+
+# ---------------------------------------------------------------- the build (no GPU needed)
+
+@needs_build
+def test_cuda_extension_is_built_and_imports():
+    """A toolkit is here, so the install built tks_kernels._C_cuda; it imports without a GPU
+    (only libcudart has to load)."""
+    reason = _ext.load_reason("cuda")
+    assert reason is None, f"a CUDA toolkit ({_nvcc()}) is present but: {reason}"
+    for op in ["tks::lif_forward", "tks::lif_backward"]:
+        assert torch._C._dispatch_has_kernel_for_dispatch_key(op, "CUDA"), f"{op} has no CUDA kernel"
+
+
+def fatbin_entries(path):
+    """(kind, sm) of the device code in a shared library's fat binaries: kind "elf" (SASS for
+    sm_<sm>) or "ptx". Read from the fatbin headers (magic 0xBA55ED50, 16-byte header, then entries
+    of kind u16 @0, header size u32 @4, payload size u64 @8, arch u32 @28) where cuobjdump is missing."""
+    data = Path(path).read_bytes()
+    entries, start = [], 0
+    while (off := data.find(b"\x50\xed\x55\xba", start)) >= 0:
+        start = off + 4
+        version, header_size, fat_size = struct.unpack_from("<HHQ", data, off + 4)
+        if version != 1 or header_size != 16:
+            continue
+        entry, end = off + 16, min(off + 16 + fat_size, len(data))
+        while entry + 64 <= end:
+            kind, _, entry_header, payload = struct.unpack_from("<HHIQ", data, entry)
+            (arch,) = struct.unpack_from("<I", data, entry + 28)
+            if not 64 <= entry_header <= 4096:
+                break
+            entries.append(({1: "ptx", 2: "elf", 16: "elf"}.get(kind, f"kind{kind}"), arch))
+            entry += entry_header + payload
+    return entries
+
+
+@needs_build
+def test_cuda_binary_carries_sm90_code():
+    import importlib
+
+    _ext.load("cuda")
+    so = importlib.import_module("tks_kernels._C_cuda").__file__
+    cuobjdump = shutil.which("cuobjdump") or (
+        os.path.join(os.path.dirname(_nvcc()), "cuobjdump") if _nvcc() else None)
+    if cuobjdump and os.path.exists(cuobjdump):
+        listing = subprocess.run([cuobjdump, "--list-elf", so], capture_output=True, text=True, check=True).stdout
+        assert "sm_90" in listing, f"no sm_90 ELF in {so}:\n{listing}"
+    entries = fatbin_entries(so)
+    assert ("elf", 90) in entries, f"no sm_90 SASS in {so}; its device code: {entries}"
+
+
+@needs_build
+def test_cuda_kernel_rejects_cpu_tensors():
+    """The CUDA kernel called with CPU tensors (here by redispatching to it) raises, never crashes."""
+    _ext.load("cuda")
+    x = torch.randn(3, 4)
+    args = (x, None, None, 1, 2.0, True, 0.5, 0.0, False, False, 0, 4.0, False, True)
+    keys = torch._C.DispatchKeySet(torch._C.DispatchKey.CUDA)
+    with pytest.raises(RuntimeError, match="CUDA kernel takes CUDA tensors"):
+        torch.ops.tks.lif_forward.default.redispatch(keys, *args)
+    h = torch.randn(3, 4)
+    with pytest.raises(RuntimeError, match="CUDA kernel takes CUDA tensors"):
+        torch.ops.tks.lif_backward.default.redispatch(
+            keys, None, torch.ones(4), h, None, None, None, 1, 2.0, True, 0.5, 0.0, False, False, 0, 4.0, False,
+            torch.float32, False)
+
+
+def test_cuda_backend_on_cpu_tensor_says_why():
+    with pytest.raises(RuntimeError, match="backend='cuda' runs on CUDA tensors and x_seq is on cpu"):
+        lif_multistep(torch.ones(3, 4), backend="cuda")
+
+
+# ---------------------------------------------------------------- on a GPU
+
+@needs_gpu
+@pytest.mark.parametrize("leak,decay_input,reset,detach_reset,store_v_seq", GRID,
+                         ids=[f"{l}-di{int(d)}-{r}-det{int(dr)}-seq{int(sv)}" for l, d, r, dr, sv in GRID])
+@pytest.mark.parametrize("surrogate", list(SURROGATES))
+def test_cuda_matches_reference_option_grid(leak, decay_input, reset, detach_reset, store_v_seq, surrogate):
+    x, v_init, leak_kw = make_case((6, 3, 211), torch.float32, "cuda", leak)
+    spikes = compare(x, v_init, leak_kw, backend="cuda", decay_input=decay_input, v_reset=RESETS[reset],
+                     detach_reset=detach_reset, surrogate=surrogate, alpha=None, store_v_seq=store_v_seq,
+                     v_threshold=0.7)
+    rate = spikes.float().mean().item()
+    assert 0.02 < rate < 0.98, f"the case must exercise both branches, firing rate {rate}"
+
+
+@needs_gpu
+@pytest.mark.parametrize("T", [1, 2, 37, 300])
+@pytest.mark.parametrize("leak", LEAKS)
+def test_cuda_lengths(T, leak):
+    x, v_init, leak_kw = make_case((T, 1532 if T < 100 else 68), torch.float32, "cuda", leak)
+    compare(x, v_init, leak_kw, backend="cuda", v_threshold=0.5, surrogate="piecewise_quadratic", alpha=2.0)
+
+
+# N % 4 != 0 takes the one-neuron-per-thread path; 3 * 100000 spans many blocks of the reduction
+@needs_gpu
+@pytest.mark.parametrize("shape", [(4, 7), (3, 5, 9), (2, 3, 4, 5), (5, 1), (4, 2048), (4, 2049),
+                                   (3, 3, 100000)])
+def test_cuda_shapes(shape):
+    x, v_init, leak_kw = make_case(shape, torch.float32, "cuda", "lif")
+    compare(x, v_init, leak_kw, backend="cuda", v_threshold=0.6)
+    x, _, leak_kw = make_case(shape, torch.float32, "cuda", "tau_tensor")
+    compare(x, None, leak_kw, backend="cuda", v_threshold=0.6, store_v_seq=True)
+
+
+@needs_gpu
+@pytest.mark.parametrize("layout", ["time_strided", "permuted", "sliced", "offset_by_one"])
+def test_cuda_non_contiguous_and_misaligned(layout):
+    base = torch.randn(40, 6, 32, device="cuda") * 1.5
+    if layout == "time_strided":
+        x = base[::2]  # each step contiguous: read in place, time stride 2*N
+    elif layout == "permuted":
+        x = base.permute(1, 0, 2)
+    elif layout == "sliced":
+        x = base[:, :, 3:17]
+    else:
+        x = base.flatten()[1:1 + 20 * 6 * 32].view(20, 6, 32)  # contiguous but 4 bytes off 16-byte alignment
+    for leak in ["lif", "decay_tensor"]:
+        _, _, leak_kw = make_case(tuple(x.shape), torch.float32, "cuda", leak)
+        s_ref, v_ref, g_ref = run("reference", x.contiguous().requires_grad_(), None, leak_kw, v_threshold=0.8)
+        s, v, g = run("cuda", x.detach().requires_grad_(), None, leak_kw, v_threshold=0.8)
+        assert_equal(s, s_ref, "spikes")
+        assert_rel_close(v, v_ref, TOL, "v")
+        for i, (p, q) in enumerate(zip(g, g_ref)):
+            floor = leak_grad_scale(x.contiguous(), None, leak_kw, v_threshold=0.8) if p.dim() == 0 else 0.0
+            assert_rel_close(p, q, TOL, f"grad[{i}]", floor=floor)
+
+
+@needs_gpu
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("leak", ["lif", "decay_tensor"])
+@pytest.mark.parametrize("store_v_seq", [False, True])
+def test_cuda_low_precision(dtype, leak, store_v_seq):
+    x, v_init, leak_kw = make_case((7, 2, 336), dtype, "cuda", leak)
+    x32 = x.detach().float().requires_grad_()
+    kw = dict(v_threshold=0.6, surrogate="atan", store_v_seq=store_v_seq)
+    s_ref, v_ref, g_ref = run("reference", x32, v_init, leak_kw, weight_dtype=dtype, **kw)
+    s, v, g = run("cuda", x, v_init, leak_kw, **kw)
+    assert s.dtype == dtype and v.dtype == torch.float32
+    assert_equal(s.float(), s_ref, "spikes")
+    assert_rel_close(v, v_ref, TOL, "v")
+    assert g[0].dtype == dtype
+    assert_within_one_rounding(g[0], g_ref[0], "grad_x")
+    for i in range(1, len(g)):
+        floor = leak_grad_scale(x32, v_init, leak_kw, **kw) if g[i].dim() == 0 else 0.0
+        assert_rel_close(g[i], g_ref[i], TOL, f"grad[{i}]", floor=floor)
+
+
+@needs_gpu
+@pytest.mark.parametrize("leak", LEAKS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_cuda_matches_triton(leak, dtype):
+    """Same math as the Triton kernels: spikes and v bit for bit, gradients to rounding."""
+    x, v_init, leak_kw = make_case((9, 4, 1000), dtype, "cuda", leak)
+    kw = dict(v_threshold=0.5, surrogate="sigmoid", store_v_seq=True)
+    s_t, v_t, g_t = run("triton", x, v_init, leak_kw, **kw)
+    s_c, v_c, g_c = run("cuda", x, v_init, leak_kw, **kw)
+    assert_equal(s_c, s_t, "spikes")
+    assert_equal(v_c, v_t, "v")
+    for i, (a, b) in enumerate(zip(g_c, g_t)):
+        if a.dim() == 0:  # the leak's gradient: a sum of terms of both signs (see leak_grad_scale)
+            assert_rel_close(a, b, TOL, f"grad[{i}]", floor=leak_grad_scale(x, v_init, leak_kw, **kw))
+        else:  # exp differs by an ulp between the two; low precision rounds grad_x to the input dtype
+            assert_rel_close(a.float(), b.float(), 1e-6 if dtype == torch.float32 else 1e-2, f"grad[{i}]")
+
+
+@needs_gpu
+def test_cuda_leak_gradient_is_deterministic():
+    """The leak's gradient is reduced inside the launch in a fixed order: the same bits every run."""
+    x, v_init, leak_kw = make_case((5, 4, 250001), torch.float32, "cuda", "decay_tensor")
+    grads = [run("cuda", x, v_init, leak_kw, v_threshold=0.6)[2][2].item() for _ in range(3)]
+    assert grads[0] == grads[1] == grads[2]
+
+
+@needs_gpu
+def test_cuda_runs_on_the_current_stream():
+    x, v_init, leak_kw = make_case((6, 3, 4000), torch.float32, "cuda", "decay_tensor")
+    s_ref, v_ref, g_ref = run("cuda", x, v_init, leak_kw, v_threshold=0.6)
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        s, v, g = run("cuda", x, v_init, leak_kw, v_threshold=0.6)
+    torch.cuda.current_stream().wait_stream(stream)
+    assert_equal(s, s_ref, "spikes")
+    assert_equal(v, v_ref, "v")
+    for a, b in zip(g, g_ref):
+        assert_equal(a, b, "grad")
+
+
+@needs_gpu
+def test_cuda_auto_backend_picks_cuda():
+    from tks_kernels._backends import resolve_backend
+
+    x = torch.ones(2, 3, device="cuda")
+    assert resolve_backend("auto", x, "lif_multistep", lambda kind, t: _ext.unavailable_reason(kind, t, "lif")) == "cuda"
+
+
+@needs_gpu
+def test_cuda_torch_compile_fullgraph():
+    torch.manual_seed(0)
+    lin1, lin2 = torch.nn.Linear(32, 48).cuda(), torch.nn.Linear(48, 5).cuda()
+    w = torch.tensor(0.2, device="cuda", requires_grad=True)
+
+    def model(x):
+        s, v = lif_multistep(lin1(x), decay=torch.sigmoid(w), v_threshold=0.3, backend="cuda")
+        return lin2(s).mean(0), v
+
+    x = torch.randn(6, 4, 32, device="cuda")
+    torch._dynamo.reset()
+    compiled = torch.compile(model, fullgraph=True)
+    params = [*lin1.parameters(), *lin2.parameters(), w]
+    out = {}
+    for name, fn in [("eager", model), ("compiled", compiled)]:
+        o, v = fn(x)
+        out[name] = (o, v, torch.autograd.grad((o * o).sum() + v.sum(), params))
+    assert_rel_close(out["compiled"][0], out["eager"][0], 1e-6, "output")
+    assert_rel_close(out["compiled"][1], out["eager"][1], 1e-6, "v")
+    for i, (a, b) in enumerate(zip(out["compiled"][2], out["eager"][2])):
+        assert_rel_close(a, b, 1e-5, f"grad[{i}]")
+
+
+@needs_gpu
+def test_cuda_wrong_device_mix_raises():
+    with pytest.raises(ValueError, match="v_init is on cpu"):
+        lif_multistep(torch.ones(3, 4, device="cuda"), torch.zeros(4), backend="cuda")
+    with pytest.raises(RuntimeError, match="v_init is on cpu; the CUDA kernel takes CUDA tensors"):
+        torch.ops.tks.lif_forward(torch.ones(3, 4, device="cuda"), torch.zeros(4), None, 1, 2.0, True, 0.5, 0.0,
+                                  False, False, 0, 4.0, False, True)
+
+
+@pytest.mark.skipif(not HAS_GPU or torch.cuda.get_device_properties(0).total_memory < 40e9,
+                    reason="64-bit offsets need T * N > 2**31 elements: a GPU with >= 40 GB")
+def test_cuda_64bit_offsets():
+    """T * N > 2**31: the last neurons (64-bit offsets) match the reference run on them alone."""
+    T, N = 9, 2**28 + 1000
+    x = torch.randn(T, N, device="cuda", dtype=torch.bfloat16)
+    s, v = lif_multistep(x, backend="cuda", v_threshold=0.5)
+    tail = x[:, -5000:].contiguous()
+    s_ref, v_ref = lif_multistep_reference(tail, v_threshold=0.5)
+    assert_equal(s[:, -5000:], s_ref, "spikes")
+    assert_rel_close(v[-5000:], v_ref, TOL, "v")
+    del s, v
+    xg = x.requires_grad_()
+    s, v = lif_multistep(xg, backend="cuda", v_threshold=0.5)
+    (gx,) = torch.autograd.grad(v.sum(), xg)
+    tail_g = tail.float().requires_grad_()
+    _, v_ref = lif_multistep_reference(tail_g, v_threshold=0.5)
+    (gx_ref,) = torch.autograd.grad(v_ref.sum(), tail_g)
+    assert_within_one_rounding(gx[:, -5000:], gx_ref, "grad_x")
