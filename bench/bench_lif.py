@@ -482,7 +482,7 @@ def write_outputs(out_dir, rows, tag, copy_gbps, copy_ms, copy_bytes, providers,
     md.append(target_md)
     with open(os.path.join(out_dir, "lif.md"), "w") as f:
         f.write("\n".join(md))
-    plot(os.path.join(out_dir, "lif.png"), rows, present, tag)
+    C.try_plot(plot, os.path.join(out_dir, "lif.png"), rows, present, tag)
 
 
 def plot(path, rows, providers, tag):

@@ -206,7 +206,7 @@ def write_outputs(out_dir, rows, tag, providers, skip_reasons, target_md):
     md.append(target_md)
     with open(os.path.join(out_dir, "tks_loss.md"), "w") as f:
         f.write("\n".join(md))
-    plot(os.path.join(out_dir, "tks_loss.png"), rows, present, tag)
+    C.try_plot(plot, os.path.join(out_dir, "tks_loss.png"), rows, present, tag)
 
 
 def plot(path, rows, providers, tag):

@@ -306,7 +306,7 @@ def write_outputs(out_dir, rows, tag, skip_reasons):
     md.append("## Targets\n\nNone set for the training step; reported for information.\n")
     with open(os.path.join(out_dir, "train_step.md"), "w") as f:
         f.write("\n".join(md))
-    plot(os.path.join(out_dir, "train_step.png"), rows, tag)
+    C.try_plot(plot, os.path.join(out_dir, "train_step.png"), rows, tag)
 
 
 def plot(path, rows, tag):

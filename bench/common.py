@@ -556,6 +556,17 @@ def report_targets(targets: Sequence[Target]) -> str:
     return "## Targets\n\n" + md_table(("target", "goal", "measured", "status", "measured/goal", "where"), rows) + "\n"
 
 
+def try_plot(plot_fn: Callable[..., None], path: str, *args) -> None:
+    """``plot_fn(path, *args)``, or a printed note when matplotlib is not installed (the CSV and
+    Markdown are written already)."""
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        print(f"[note] matplotlib is not installed: no {os.path.basename(path)} (pip install matplotlib)", flush=True)
+        return
+    plot_fn(path, *args)
+
+
 def save_plot(fig, path: str) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
