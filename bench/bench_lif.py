@@ -523,6 +523,11 @@ def main(argv=None) -> int:
     p.add_argument("--no-check", action="store_true", help="skip the agreement check against the eager reference")
     p.add_argument("--sj-worker", default=None, help=argparse_hidden())
     args = p.parse_args(argv)
+    if args.replot:
+        rows, tag = C.read_rows(args.replot)
+        present = [q for q in ALL_PROVIDERS if any(r["provider"] == q and r["status"] == "ok" for r in rows)]
+        plot(os.path.splitext(args.replot)[0] + ".png", rows, present, tag)
+        return 0
     device = C.pick_device(args)
     wanted = C.parse_list(args.providers) or list(ALL_PROVIDERS)
     unknown = [w for w in wanted if w not in ALL_PROVIDERS]

@@ -322,12 +322,14 @@ def plot(path, rows, tag):
                 r = next((r for r in rows if r["model"] == m and r["provider"] == p and r["status"] == "ok"), None)
                 v = r.get(key) if r else None
                 vals.append(float("nan") if v in (None, "") else v)
+            if all(v != v for v in vals):  # all NaN: nothing measured (peak memory on CPU)
+                continue
             ax.bar([i + k * width for i in range(len(models))], vals, width, label=p, color=C.provider_color(p))
         ax.set_xticks([i + 0.4 - width / 2 for i in range(len(models))])
         ax.set_xticklabels(models)
         ax.set_ylabel(label)
         ax.grid(True, axis="y", alpha=0.3)
-        C.finish_axis(ax)
+        C.finish_axis(ax, "not measured (CUDA only)" if key == "peak_step_mb" else "no provider ran")
     fig.suptitle(f"Training step on {tag.name} (torch {tag.versions['torch']}, {tag.date})", fontsize=9)
     C.save_plot(fig, path)
     C.close_figure(fig)
@@ -339,6 +341,10 @@ def main(argv=None) -> int:
     p.add_argument("--batch", type=int, default=None, help="batch size (overrides the sweep)")
     p.add_argument("--width", type=float, default=None, help="channel width multiplier (1.0 = the paper's models)")
     args = p.parse_args(argv)
+    if args.replot:
+        rows, tag = C.read_rows(args.replot)
+        plot(os.path.splitext(args.replot)[0] + ".png", rows, tag)
+        return 0
     device = C.pick_device(args)
     wanted = C.parse_list(args.providers) or list(ALL_PROVIDERS)
     unknown = [w for w in wanted if w not in ALL_PROVIDERS]

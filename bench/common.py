@@ -50,6 +50,9 @@ def base_parser(description: str) -> argparse.ArgumentParser:
                    help="CPU: torch.set_num_threads (default: torch's own choice); on a machine shared with "
                         "other jobs 1 thread gives steadier numbers than threads that wait for a busy core")
     p.add_argument("--note", default="", help="free text added to the results header (e.g. machine load)")
+    p.add_argument("--replot", default=None, metavar="CSV",
+                   help="only draw the PNG from a CSV this script wrote (next to it), e.g. one from a machine "
+                        "without matplotlib")
     return p
 
 
@@ -556,6 +559,36 @@ def report_targets(targets: Sequence[Target]) -> str:
     return "## Targets\n\n" + md_table(("target", "goal", "measured", "status", "measured/goal", "where"), rows) + "\n"
 
 
+def read_rows(path: str) -> tuple[list[dict], "DeviceTag"]:
+    """Rows of a CSV written by :func:`write_csv` (numbers and booleans parsed back) and a tag
+    rebuilt from its columns: for ``--replot`` where the run had no matplotlib."""
+
+    def parse(v: str):
+        if v == "":
+            return float("nan")
+        if v in ("True", "False"):
+            return v == "True"
+        for cast in (int, float):
+            try:
+                return cast(v)
+            except ValueError:
+                pass
+        return v
+
+    with open(path, newline="") as f:
+        raw = list(csv.DictReader(f))
+    if not raw:
+        raise SystemExit(f"{path} has no rows")
+    first = raw[0]
+    rows = [{k: (v if k in ("provider", "dtype", "pass", "status", "model") else parse(v)) for k, v in r.items()}
+            for r in raw]
+    versions = {k: first.get(k, "") for k in ("torch", "triton", "spikingjelly", "tks_kernels", "git")}
+    device = torch.device("cuda" if "cpu" not in first.get("device_name", "").lower() else "cpu")
+    tag = DeviceTag(device, first.get("device_name", "?"), _slug(first.get("device_name", "?")), versions,
+                    first.get("date", ""))
+    return rows, tag
+
+
 def try_plot(plot_fn: Callable[..., None], path: str, *args) -> None:
     """``plot_fn(path, *args)``, or a printed note when matplotlib is not installed (the CSV and
     Markdown are written already)."""
@@ -593,12 +626,12 @@ def provider_color(name: str):
     return matplotlib.colormaps["tab10"](index % 10)
 
 
-def finish_axis(ax) -> None:
-    """Legend when something was drawn, else say so on the panel."""
+def finish_axis(ax, empty_text: str = "no provider ran") -> None:
+    """Legend when something was drawn, else say why the panel is empty."""
     if ax.get_legend_handles_labels()[0]:
         ax.legend(fontsize=7)
     else:
-        ax.text(0.5, 0.5, "no provider ran", ha="center", va="center", transform=ax.transAxes)
+        ax.text(0.5, 0.5, empty_text, ha="center", va="center", transform=ax.transAxes)
 
 
 def close_figure(fig) -> None:
