@@ -437,7 +437,7 @@ def write_outputs(out_dir, rows, tag, copy_gbps, copy_ms, copy_bytes, providers,
         md.append(f"  - {p}: {BYTE_FORMULAS[p]}")
     md.append("- x speedup columns: the peer's median / this provider's median (>1: this one is faster); "
               "sj-best = the fastest spikingjelly implementation at that point\n")
-    present = [p for p in providers if any(r["provider"] == p and r["status"] == "ok" for r in rows)]
+    present = C.providers_that_ran(rows, providers)
     fused = [p for p in OUR_FUSED if p in present]
     keys = sorted({(r["dtype"], r["N"]) for r in rows}, key=lambda k: (list(C.DTYPES).index(k[0]), k[1]))
     for dtype_name, N in keys:
@@ -474,14 +474,9 @@ def write_outputs(out_dir, rows, tag, copy_gbps, copy_ms, copy_bytes, providers,
                                   C.fmt(r.get("grad_rel_err"))))
     md.append(C.md_table(("dtype", "T", "N", "provider", "saved B/n/s", "x saved", "peak fwd MB", "peak fwd+bwd MB",
                           "spike mismatch", "grad rel err"), table) + "\n")
-    if skip_reasons:
-        md.append("### Skipped providers\n")
-        for reason, where in skip_reasons.items():
-            md.append(f"- {reason}" + (f" (first at {where})" if where else ""))
-        md.append("")
+    md.extend(C.md_skipped(skip_reasons))
     md.append(target_md)
-    with open(os.path.join(out_dir, "lif.md"), "w") as f:
-        f.write("\n".join(md))
+    C.write_markdown(os.path.join(out_dir, "lif.md"), md)
     C.try_plot(plot, os.path.join(out_dir, "lif.png"), rows, present, tag)
 
 
@@ -504,9 +499,7 @@ def plot(path, rows, providers, tag):
             ax.set_title(f"{pass_name}, {dtype_name}, N=2^{n_max.bit_length() - 1}", fontsize=9)
             ax.grid(True, which="both", alpha=0.3)
             C.finish_axis(ax)
-    fig.suptitle(f"LIF on {tag.name} (torch {tag.versions['torch']}, {tag.date})", fontsize=9)
-    C.save_plot(fig, path)
-    C.close_figure(fig)
+    C.save_figure(fig, path, "LIF", tag)
 
 
 # --------------------------------------------------------------------------------------------
@@ -525,14 +518,10 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     if args.replot:
         rows, tag = C.read_rows(args.replot)
-        present = [q for q in ALL_PROVIDERS if any(r["provider"] == q and r["status"] == "ok" for r in rows)]
-        plot(os.path.splitext(args.replot)[0] + ".png", rows, present, tag)
+        plot(C.png_beside(args.replot), rows, C.providers_that_ran(rows, ALL_PROVIDERS), tag)
         return 0
     device = C.pick_device(args)
-    wanted = C.parse_list(args.providers) or list(ALL_PROVIDERS)
-    unknown = [w for w in wanted if w not in ALL_PROVIDERS]
-    if unknown:
-        raise SystemExit(f"--providers: unknown {unknown}; choose from {', '.join(ALL_PROVIDERS)}")
+    wanted = C.wanted_providers(args, ALL_PROVIDERS)
 
     if args.sj_worker:  # a subprocess timing one spikingjelly implementation; writes JSON rows
         skips = C.SkipLog()
@@ -541,8 +530,7 @@ def main(argv=None) -> int:
             json.dump({"rows": rows, "skips": skips.reasons}, f)
         return 0
 
-    tag = C.DeviceTag.create(device, args.note)
-    print(f"device: {tag.line()}", flush=True)
+    tag = C.announce_device(device, args.note)
     warmup_ms, rep_ms = C.timing_budget(args, device)
     print("bytes per pass (b = bytes per element of x):")
     for k in PASSES:

@@ -171,7 +171,7 @@ def write_outputs(out_dir, rows, tag, providers, skip_reasons, target_md):
     md = [C.md_header("TKS loss benchmark: fused vs eager vs torch.compile", tag, C.command_line())]
     md.append("- settings: lam=0.7, temperature=3, teacher='sum', reduction='mean'; logits ~ N(0, 2) [T, B, C]")
     md.append("- cells: median ms [20%, 80% quantiles]; `x eager` = eager median / this median\n")
-    present = [p for p in providers if any(r["provider"] == p and r["status"] == "ok" for r in rows)]
+    present = C.providers_that_ran(rows, providers)
     others = [p for p in present if p != "eager"]
     for dtype_name in sorted({r["dtype"] for r in rows}, key=list(C.DTYPES).index):
         for pass_name in PASSES:
@@ -199,13 +199,9 @@ def write_outputs(out_dir, rows, tag, providers, skip_reasons, target_md):
              for r in rows if r["status"] == "ok" and r["pass"] == "fwd"]
     md.append(C.md_table(("dtype", "T", "B", "C", "provider", "saved KB", "logits saved", "peak fwd MB",
                           "peak fwd+bwd MB", "loss rel err", "grad rel err"), table) + "\n")
-    if skip_reasons:
-        md.append("### Skipped providers\n")
-        md.extend(f"- {reason}" + (f" (first at {where})" if where else "") for reason, where in skip_reasons.items())
-        md.append("")
+    md.extend(C.md_skipped(skip_reasons))
     md.append(target_md)
-    with open(os.path.join(out_dir, "tks_loss.md"), "w") as f:
-        f.write("\n".join(md))
+    C.write_markdown(os.path.join(out_dir, "tks_loss.md"), md)
     C.try_plot(plot, os.path.join(out_dir, "tks_loss.png"), rows, present, tag)
 
 
@@ -233,9 +229,7 @@ def plot(path, rows, providers, tag):
             ax.set_title(f"{pass_name}, {dtype_name}", fontsize=9)
             ax.grid(True, axis="y", which="both", alpha=0.3)
             C.finish_axis(ax)
-    fig.suptitle(f"TKS loss on {tag.name} (torch {tag.versions['torch']}, {tag.date})", fontsize=9)
-    C.save_plot(fig, path)
-    C.close_figure(fig)
+    C.save_figure(fig, path, "TKS loss", tag)
 
 
 def main(argv=None) -> int:
@@ -249,16 +243,11 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     if args.replot:
         rows, tag = C.read_rows(args.replot)
-        present = [q for q in ALL_PROVIDERS if any(r["provider"] == q and r["status"] == "ok" for r in rows)]
-        plot(os.path.splitext(args.replot)[0] + ".png", rows, present, tag)
+        plot(C.png_beside(args.replot), rows, C.providers_that_ran(rows, ALL_PROVIDERS), tag)
         return 0
     device = C.pick_device(args)
-    wanted = C.parse_list(args.providers) or list(ALL_PROVIDERS)
-    unknown = [w for w in wanted if w not in ALL_PROVIDERS]
-    if unknown:
-        raise SystemExit(f"--providers: unknown {unknown}; choose from {', '.join(ALL_PROVIDERS)}")
-    tag = C.DeviceTag.create(device, args.note)
-    print(f"device: {tag.line()}", flush=True)
+    wanted = C.wanted_providers(args, ALL_PROVIDERS)
+    tag = C.announce_device(device, args.note)
     skips = C.SkipLog()
     rows = run_sweep(args, device, wanted, skips)
     add_derived(rows)

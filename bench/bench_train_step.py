@@ -299,13 +299,9 @@ def write_outputs(out_dir, rows, tag, skip_reasons):
              for r in rows]
     md.append(C.md_table(("model", "T", "batch", "width", "provider", "step ms", "samples/s", "x sj", "x eager",
                           "peak MB", "logits rel err", "neurons", "neuron backend", "loss backend"), table) + "\n")
-    if skip_reasons:
-        md.append("### Skipped providers\n")
-        md.extend(f"- {reason}" + (f" (first at {where})" if where else "") for reason, where in skip_reasons.items())
-        md.append("")
+    md.extend(C.md_skipped(skip_reasons))
     md.append("## Targets\n\nNone set for the training step; reported for information.\n")
-    with open(os.path.join(out_dir, "train_step.md"), "w") as f:
-        f.write("\n".join(md))
+    C.write_markdown(os.path.join(out_dir, "train_step.md"), md)
     C.try_plot(plot, os.path.join(out_dir, "train_step.png"), rows, tag)
 
 
@@ -330,9 +326,7 @@ def plot(path, rows, tag):
         ax.set_ylabel(label)
         ax.grid(True, axis="y", alpha=0.3)
         C.finish_axis(ax, "not measured (CUDA only)" if key == "peak_step_mb" else "no provider ran")
-    fig.suptitle(f"Training step on {tag.name} (torch {tag.versions['torch']}, {tag.date})", fontsize=9)
-    C.save_plot(fig, path)
-    C.close_figure(fig)
+    C.save_figure(fig, path, "Training step", tag)
 
 
 def main(argv=None) -> int:
@@ -343,17 +337,13 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     if args.replot:
         rows, tag = C.read_rows(args.replot)
-        plot(os.path.splitext(args.replot)[0] + ".png", rows, tag)
+        plot(C.png_beside(args.replot), rows, tag)
         return 0
     device = C.pick_device(args)
-    wanted = C.parse_list(args.providers) or list(ALL_PROVIDERS)
-    unknown = [w for w in wanted if w not in ALL_PROVIDERS]
-    if unknown:
-        raise SystemExit(f"--providers: unknown {unknown}; choose from {', '.join(ALL_PROVIDERS)}")
+    wanted = C.wanted_providers(args, ALL_PROVIDERS)
     if "tks" in wanted:  # first: the reference logits of the agreement check
         wanted = ["tks"] + [w for w in wanted if w != "tks"]
-    tag = C.DeviceTag.create(device, args.note)
-    print(f"device: {tag.line()}", flush=True)
+    tag = C.announce_device(device, args.note)
     # a step takes 10-1000 ms: a longer budget than the kernels' (at least 5 timed steps anyway)
     warmup_ms, rep_ms = C.timing_budget(args, device, scale=1.0 if args.smoke else 2.0 if args.quick else 5.0)
     skips = C.SkipLog()

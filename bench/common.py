@@ -84,6 +84,16 @@ def timing_budget(args, device: torch.device, scale: float = 1.0) -> tuple[float
             args.rep_ms if args.rep_ms is not None else default[1])
 
 
+def wanted_providers(args, all_providers: Sequence[str]) -> list[str]:
+    """The providers named by ``--providers`` (default: all of ``all_providers``); an unknown
+    name stops the script with the list to choose from."""
+    wanted = parse_list(args.providers) or list(all_providers)
+    unknown = [w for w in wanted if w not in all_providers]
+    if unknown:
+        raise SystemExit(f"--providers: unknown {unknown}; choose from {', '.join(all_providers)}")
+    return wanted
+
+
 def parse_list(text: Optional[str], cast=str) -> Optional[list]:
     if text is None or text == "":
         return None
@@ -229,6 +239,13 @@ def _tks_version() -> str:
         return tks_kernels.__version__
     except Exception as e:  # the package itself failing to import is worth seeing
         return f"import failed ({type(e).__name__})"
+
+
+def announce_device(device: torch.device, note: str = "") -> DeviceTag:
+    """The tag of this run, printed first so a log says where its numbers come from."""
+    tag = DeviceTag.create(device, note)
+    print(f"device: {tag.line()}", flush=True)
+    return tag
 
 
 def default_out_dir(tag: DeviceTag) -> str:
@@ -490,6 +507,26 @@ def md_table(header: Sequence[str], rows: Iterable[Sequence]) -> str:
     return "\n".join(lines)
 
 
+def providers_that_ran(rows: Iterable[dict], providers: Sequence[str]) -> list[str]:
+    """``providers``, in their order, that have at least one row with status ok."""
+    rows = list(rows)
+    return [p for p in providers if any(r["provider"] == p and r["status"] == "ok" for r in rows)]
+
+
+def md_skipped(skip_reasons: dict) -> list[str]:
+    """Lines of the Markdown section that lists the skipped providers (none when none was)."""
+    if not skip_reasons:
+        return []
+    return (["### Skipped providers\n"]
+            + [f"- {reason}" + (f" (first at {where})" if where else "") for reason, where in skip_reasons.items()]
+            + [""])
+
+
+def write_markdown(path: str, lines: Sequence[str]) -> None:
+    with open(path, "w") as f:
+        f.write("\n".join(lines))
+
+
 def md_header(title: str, tag: DeviceTag, command: str) -> str:
     lines = [f"# {title}", "", f"- device: **{tag.name}** ({tag.device.type})"]
     lines.append("- versions: " + ", ".join(f"{k} {v}" for k, v in tag.versions.items()))
@@ -589,6 +626,11 @@ def read_rows(path: str) -> tuple[list[dict], "DeviceTag"]:
     return rows, tag
 
 
+def png_beside(csv_path: str) -> str:
+    """Where ``--replot CSV`` draws: the same name with .png."""
+    return os.path.splitext(csv_path)[0] + ".png"
+
+
 def try_plot(plot_fn: Callable[..., None], path: str, *args) -> None:
     """``plot_fn(path, *args)``, or a printed note when matplotlib is not installed (the CSV and
     Markdown are written already)."""
@@ -598,11 +640,6 @@ def try_plot(plot_fn: Callable[..., None], path: str, *args) -> None:
         print(f"[note] matplotlib is not installed: no {os.path.basename(path)} (pip install matplotlib)", flush=True)
         return
     plot_fn(path, *args)
-
-
-def save_plot(fig, path: str) -> None:
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
 
 
 def new_figure(nrows: int, ncols: int, size=(5.0, 3.6)):
@@ -634,7 +671,11 @@ def finish_axis(ax, empty_text: str = "no provider ran") -> None:
         ax.text(0.5, 0.5, empty_text, ha="center", va="center", transform=ax.transAxes)
 
 
-def close_figure(fig) -> None:
+def save_figure(fig, path: str, what: str, tag: DeviceTag) -> None:
+    """Title ``fig`` with what it shows and where it was measured, write it to ``path`` and close it."""
     import matplotlib.pyplot as plt
 
+    fig.suptitle(f"{what} on {tag.name} (torch {tag.versions['torch']}, {tag.date})", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
     plt.close(fig)
