@@ -8,7 +8,8 @@ one is to inherit from it. So when spikingjelly is importable (``spikingjelly.ac
 costs about 1 ms and imports nothing heavy) the neurons inherit from its ``MemoryModule``;
 otherwise from ``MemoryModuleFallback`` below, which implements the same contract (a dict of
 named state variables with reset values, ``reset``, ``detach``, ``step_mode``). The neurons
-override every method whose behaviour they depend on, so they behave the same either way.
+override every method whose behaviour they depend on (``step_mode`` through ``StepModeMixin``,
+which both use), so they behave the same either way.
 """
 from __future__ import annotations
 
@@ -21,15 +22,9 @@ import torch.nn as nn
 STEP_MODES = ("s", "m")
 
 
-class MemoryModuleFallback(nn.Module):
-    """Named state variables (``register_memory``) read and written as attributes, restored to
-    their reset values by ``reset()``; a ``step_mode`` of ``'s'`` or ``'m'``."""
-
-    def __init__(self):
-        super().__init__()
-        self._memories: dict[str, object] = {}
-        self._memories_rv: dict[str, object] = {}
-        self._step_mode = "s"
+class StepModeMixin:
+    """A ``step_mode`` of ``'s'`` (one step ``[N, *]``) or ``'m'`` (``[T, N, *]``), checked when set:
+    spikingjelly's ``StepModule`` contract, with our error message. Put it before the module base."""
 
     def supported_step_mode(self) -> tuple[str, ...]:
         return STEP_MODES
@@ -41,8 +36,19 @@ class MemoryModuleFallback(nn.Module):
     @step_mode.setter
     def step_mode(self, value: str) -> None:
         if value not in self.supported_step_mode():
-            raise ValueError(f"step_mode={value!r} is not supported; choose one of {self.supported_step_mode()}")
+            raise ValueError(f"step_mode={value!r} is not supported; choose 's' (one step [N, *]) or 'm' ([T, N, *])")
         self._step_mode = value
+
+
+class MemoryModuleFallback(StepModeMixin, nn.Module):
+    """Named state variables (``register_memory``) read and written as attributes, restored to
+    their reset values by ``reset()``; a ``step_mode`` of ``'s'`` or ``'m'``."""
+
+    def __init__(self):
+        super().__init__()
+        self._memories: dict[str, object] = {}
+        self._memories_rv: dict[str, object] = {}
+        self._step_mode = "s"
 
     def register_memory(self, name: str, value) -> None:
         if hasattr(self, name):
@@ -92,9 +98,14 @@ class MemoryModuleFallback(nn.Module):
 
 
 def memory_module_base() -> type:
-    """spikingjelly's ``base.MemoryModule`` when spikingjelly is installed, else the fallback."""
+    """spikingjelly's ``base.MemoryModule`` when spikingjelly is installed, else the fallback;
+    either way with the ``step_mode`` of :class:`StepModeMixin`."""
     try:
         from spikingjelly.activation_based import base
     except ImportError:
         return MemoryModuleFallback
-    return base.MemoryModule
+
+    class SpikingJellyMemoryModule(StepModeMixin, base.MemoryModule):
+        pass
+
+    return SpikingJellyMemoryModule

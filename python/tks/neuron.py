@@ -32,7 +32,7 @@ from tks_kernels.lif import SURROGATES, lif_multistep
 from tks_kernels.lif.config import parse_lif_args
 from tks_kernels.lif.reference import lif_reference_forward
 
-from ._memory import STEP_MODES, memory_module_base
+from ._memory import memory_module_base
 
 __all__ = ["LIFNode", "IFNode", "ParametricLIFNode", "BACKENDS"]
 
@@ -148,20 +148,7 @@ class _NeuronBase(memory_module_base()):
         self.register_memory("v", 0.0 if self.v_reset is None else self.v_reset)
         self._eager_warned = False
 
-    # -- the spikingjelly module contract -------------------------------------------------------
-
-    def supported_step_mode(self) -> tuple[str, ...]:
-        return STEP_MODES
-
-    @property
-    def step_mode(self) -> str:
-        return self._step_mode
-
-    @step_mode.setter
-    def step_mode(self, value: str) -> None:
-        if value not in STEP_MODES:
-            raise ValueError(f"step_mode={value!r} is not supported; choose 's' (one step [N, *]) or 'm' ([T, N, *])")
-        self._step_mode = value
+    # -- the spikingjelly module contract (step_mode: _memory.StepModeMixin) ----------------------
 
     # a property of our own: spikingjelly 0.0.0.0.14's MemoryModule has one that rejects our names
     @property
