@@ -79,6 +79,44 @@ def leak_grad_scale(x, v_init, leak_kw, seed=1, **kw):
     return grad.abs().sum().item() * chain
 
 
+def check_low_precision(backend, shape, dtype, device, leak, store_v_seq):
+    """fp16/bf16 ``x`` on ``backend``; state is fp32: spikes equal the reference on the upcast
+    input; grad_x equals the fp32 reference's up to one rounding to the input dtype."""
+    x, v_init, leak_kw = make_case(shape, dtype, device, leak)
+    x32 = x.detach().float().requires_grad_()
+    kw = dict(v_threshold=0.6, surrogate="atan", store_v_seq=store_v_seq)
+    s_ref, v_ref, g_ref = run("reference", x32, v_init, leak_kw, weight_dtype=dtype, **kw)
+    s, v, g = run(backend, x, v_init, leak_kw, **kw)
+    assert s.dtype == dtype and v.dtype == torch.float32
+    assert_equal(s.float(), s_ref, "spikes")
+    assert_rel_close(v, v_ref, TOL, "v")
+    assert g[0].dtype == dtype
+    assert_within_one_rounding(g[0], g_ref[0], "grad_x")
+    for i in range(1, len(g)):
+        floor = leak_grad_scale(x32, v_init, leak_kw, **kw) if g[i].dim() == 0 else 0.0
+        assert_rel_close(g[i], g_ref[i], TOL, f"grad[{i}]", floor=floor)
+
+
+def check_64bit_offsets(backend):
+    """T * N > 2**31 on CUDA: the last neurons (which need 64-bit offsets) match the reference run
+    on them alone (neurons are independent)."""
+    T, N = 9, 2**28 + 1000
+    x = torch.randn(T, N, device="cuda", dtype=torch.bfloat16)
+    s, v = lif_multistep(x, backend=backend, v_threshold=0.5)
+    tail = x[:, -5000:].contiguous()
+    s_ref, v_ref = lif_multistep_reference(tail, v_threshold=0.5)
+    assert_equal(s[:, -5000:], s_ref, "spikes")
+    assert_rel_close(v[-5000:], v_ref, TOL, "v")
+    del s, v
+    xg = x.requires_grad_()
+    s, v = lif_multistep(xg, backend=backend, v_threshold=0.5)
+    (gx,) = torch.autograd.grad(v.sum(), xg)
+    tail_g = tail.float().requires_grad_()
+    _, v_ref = lif_multistep_reference(tail_g, v_threshold=0.5)
+    (gx_ref,) = torch.autograd.grad(v_ref.sum(), tail_g)
+    assert_within_one_rounding(gx[:, -5000:], gx_ref, "grad_x")
+
+
 def compare(x, v_init, leak_kw, backend="triton", **kw):
     """Spikes exactly equal to the fp32 reference; v and grads within TOL of the fp64 reference."""
     s_ref, v_ref32, g_ref32 = run("reference", x, v_init, leak_kw, **kw)
@@ -175,21 +213,7 @@ def test_triton_non_contiguous(device, layout):
 @pytest.mark.parametrize("leak", ["lif", "decay_tensor"])
 @pytest.mark.parametrize("store_v_seq", [False, True])
 def test_triton_low_precision(device, dtype, leak, store_v_seq):
-    """State is fp32: spikes equal the reference on the upcast input; grad_x equals the fp32
-    reference's up to one rounding to the input dtype."""
-    x, v_init, leak_kw = make_case((7, 2, 333), dtype, device, leak)
-    x32 = x.detach().float().requires_grad_()
-    kw = dict(v_threshold=0.6, surrogate="atan", store_v_seq=store_v_seq)
-    s_ref, v_ref, g_ref = run("reference", x32, v_init, leak_kw, weight_dtype=dtype, **kw)
-    s, v, g = run("triton", x, v_init, leak_kw, **kw)
-    assert s.dtype == dtype and v.dtype == torch.float32
-    assert_equal(s.float(), s_ref, "spikes")
-    assert_rel_close(v, v_ref, TOL, "v")
-    assert g[0].dtype == dtype
-    assert_within_one_rounding(g[0], g_ref[0], "grad_x")
-    for i in range(1, len(g)):
-        floor = leak_grad_scale(x32, v_init, leak_kw, **kw) if g[i].dim() == 0 else 0.0  # noqa: F841
-        assert_rel_close(g[i], g_ref[i], TOL, f"grad[{i}]", floor=floor)
+    check_low_precision("triton", (7, 2, 333), dtype, device, leak, store_v_seq)
 
 
 @pytest.mark.parametrize("which", ["spikes", "v"])
@@ -359,23 +383,7 @@ def test_v_init_on_other_device_raises():
 @pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.get_device_properties(0).total_memory < 40e9,
                     reason="64-bit offsets need T * N > 2**31 elements: a GPU with >= 40 GB")
 def test_triton_64bit_offsets():
-    """T * N > 2**31: the last neurons (which need 64-bit offsets) match the reference run on
-    them alone (neurons are independent)."""
-    T, N = 9, 2**28 + 1000
-    x = torch.randn(T, N, device="cuda", dtype=torch.bfloat16)
-    s, v = lif_multistep(x, backend="triton", v_threshold=0.5)
-    tail = x[:, -5000:].contiguous()
-    s_ref, v_ref = lif_multistep_reference(tail, v_threshold=0.5)
-    assert_equal(s[:, -5000:], s_ref, "spikes")
-    assert_rel_close(v[-5000:], v_ref, TOL, "v")
-    del s, v
-    xg = x.requires_grad_()
-    s, v = lif_multistep(xg, backend="triton", v_threshold=0.5)
-    (gx,) = torch.autograd.grad(v.sum(), xg)
-    tail_g = tail.float().requires_grad_()
-    _, v_ref = lif_multistep_reference(tail_g, v_threshold=0.5)
-    (gx_ref,) = torch.autograd.grad(v_ref.sum(), tail_g)
-    assert_within_one_rounding(gx[:, -5000:], gx_ref, "grad_x")
+    check_64bit_offsets("triton")
 
 
 def test_v_init_on_meta_device_raises():

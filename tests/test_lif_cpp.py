@@ -12,9 +12,9 @@ from tks_kernels._backends import resolve_backend
 from tks_kernels.lif import SURROGATES, lif_multistep, lif_multistep_reference
 from tks_kernels.lif import config as lif_config
 
-from _utils import assert_equal, assert_rel_close, assert_within_one_rounding
-from test_lif import (GRID, LEAKS, RESETS, SJ_GRID, TOL, check_spikingjelly_agreement, compare, leak_grad_scale,
-                      make_case, run)
+from _utils import assert_equal, assert_rel_close
+from test_lif import (GRID, LEAKS, RESETS, SJ_GRID, TOL, check_low_precision, check_spikingjelly_agreement,
+                      compare, leak_grad_scale, make_case, run)
 
 ROOT = Path(__file__).resolve().parents[1]
 CPP_REASON = _ext.load_reason("cpp")
@@ -93,21 +93,7 @@ def test_cpp_non_contiguous(layout):
 @pytest.mark.parametrize("leak", ["lif", "decay_tensor"])
 @pytest.mark.parametrize("store_v_seq", [False, True])
 def test_cpp_low_precision(dtype, leak, store_v_seq):
-    """State is fp32: spikes equal the reference on the upcast input; grad_x equals the fp32
-    reference's up to one rounding to the input dtype."""
-    x, v_init, leak_kw = make_case((7, 2, 333), dtype, CPU, leak)
-    x32 = x.detach().float().requires_grad_()
-    kw = dict(v_threshold=0.6, surrogate="atan", store_v_seq=store_v_seq)
-    s_ref, v_ref, g_ref = run("reference", x32, v_init, leak_kw, weight_dtype=dtype, **kw)
-    s, v, g = run("cpp", x, v_init, leak_kw, **kw)
-    assert s.dtype == dtype and v.dtype == torch.float32
-    assert_equal(s.float(), s_ref, "spikes")
-    assert_rel_close(v, v_ref, TOL, "v")
-    assert g[0].dtype == dtype
-    assert_within_one_rounding(g[0], g_ref[0], "grad_x")
-    for i in range(1, len(g)):
-        floor = leak_grad_scale(x32, v_init, leak_kw, **kw) if g[i].dim() == 0 else 0.0
-        assert_rel_close(g[i], g_ref[i], TOL, f"grad[{i}]", floor=floor)
+    check_low_precision("cpp", (7, 2, 333), dtype, CPU, leak, store_v_seq)
 
 
 @pytest.mark.parametrize("which", ["spikes", "v"])

@@ -14,10 +14,11 @@ import pytest
 import torch
 
 from tks_kernels import _ext
-from tks_kernels.lif import SURROGATES, lif_multistep, lif_multistep_reference
+from tks_kernels.lif import SURROGATES, lif_multistep
 
-from _utils import assert_equal, assert_rel_close, assert_within_one_rounding
-from test_lif import GRID, LEAKS, RESETS, TOL, compare, leak_grad_scale, make_case, run
+from _utils import assert_equal, assert_rel_close
+from test_lif import (GRID, LEAKS, RESETS, TOL, check_64bit_offsets, check_low_precision, compare, leak_grad_scale,
+                      make_case, run)
 
 HAS_GPU = torch.cuda.is_available()
 needs_gpu = pytest.mark.skipif(not HAS_GPU, reason="needs a CUDA GPU (this machine has none): run on a GPU machine")
@@ -178,19 +179,7 @@ def test_cuda_non_contiguous_and_misaligned(layout):
 @pytest.mark.parametrize("leak", ["lif", "decay_tensor"])
 @pytest.mark.parametrize("store_v_seq", [False, True])
 def test_cuda_low_precision(dtype, leak, store_v_seq):
-    x, v_init, leak_kw = make_case((7, 2, 336), dtype, "cuda", leak)
-    x32 = x.detach().float().requires_grad_()
-    kw = dict(v_threshold=0.6, surrogate="atan", store_v_seq=store_v_seq)
-    s_ref, v_ref, g_ref = run("reference", x32, v_init, leak_kw, weight_dtype=dtype, **kw)
-    s, v, g = run("cuda", x, v_init, leak_kw, **kw)
-    assert s.dtype == dtype and v.dtype == torch.float32
-    assert_equal(s.float(), s_ref, "spikes")
-    assert_rel_close(v, v_ref, TOL, "v")
-    assert g[0].dtype == dtype
-    assert_within_one_rounding(g[0], g_ref[0], "grad_x")
-    for i in range(1, len(g)):
-        floor = leak_grad_scale(x32, v_init, leak_kw, **kw) if g[i].dim() == 0 else 0.0
-        assert_rel_close(g[i], g_ref[i], TOL, f"grad[{i}]", floor=floor)
+    check_low_precision("cuda", (7, 2, 336), dtype, "cuda", leak, store_v_seq)
 
 
 @needs_gpu
@@ -278,19 +267,4 @@ def test_cuda_wrong_device_mix_raises():
 @pytest.mark.skipif(not HAS_GPU or torch.cuda.get_device_properties(0).total_memory < 40e9,
                     reason="64-bit offsets need T * N > 2**31 elements: a GPU with >= 40 GB")
 def test_cuda_64bit_offsets():
-    """T * N > 2**31: the last neurons (64-bit offsets) match the reference run on them alone."""
-    T, N = 9, 2**28 + 1000
-    x = torch.randn(T, N, device="cuda", dtype=torch.bfloat16)
-    s, v = lif_multistep(x, backend="cuda", v_threshold=0.5)
-    tail = x[:, -5000:].contiguous()
-    s_ref, v_ref = lif_multistep_reference(tail, v_threshold=0.5)
-    assert_equal(s[:, -5000:], s_ref, "spikes")
-    assert_rel_close(v[-5000:], v_ref, TOL, "v")
-    del s, v
-    xg = x.requires_grad_()
-    s, v = lif_multistep(xg, backend="cuda", v_threshold=0.5)
-    (gx,) = torch.autograd.grad(v.sum(), xg)
-    tail_g = tail.float().requires_grad_()
-    _, v_ref = lif_multistep_reference(tail_g, v_threshold=0.5)
-    (gx_ref,) = torch.autograd.grad(v_ref.sum(), tail_g)
-    assert_within_one_rounding(gx[:, -5000:], gx_ref, "grad_x")
+    check_64bit_offsets("cuda")
