@@ -10,7 +10,13 @@
 //   dz_{t,c} = g_ce / T (softmax(zbar)_c - [c = y]) + g_kd tau^2 / T (softmax(z_t)_c - p_c)
 //            - g_kd tau w m_t p_c (zbar_c - p.zbar)          (unless the teacher is detached)
 // with zbar_c - p.zbar = p.N - N_c, N_c = mean_t (lse(z_t) - z_{t,c}) >= 0 (well conditioned).
-// Elements are read as float; sums over classes accumulate in double.
+//
+// Speed: elements are read as float and all per-class work is fp32 in loops that stream over the
+// class dim (contiguous) with kLanes independent partial sums, so GCC vectorises them; exp is a
+// branch-free polynomial (exp_approx) that vectorises too, where std::exp would stay scalar.
+// The hot loops are compiled twice (AVX2 and baseline x86-64, picked at load time through
+// target_clones). Every sum over classes has non-negative terms (exp, lse(z_t) - z_{t,c}), so fp32
+// partial sums lose nothing that matters (relative error ~ C * 2^-24 worst case, ~1e-7 typical).
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
@@ -19,14 +25,174 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 #include <limits>
 #include <tuple>
+#include <type_traits>
 #include <vector>
+
+// Hot per-class loops: an AVX2 clone and a baseline one, chosen once by the dynamic loader.
+// No FMA either way (-ffp-contract=off), so both clones round the same.
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__)) && defined(__linux__)
+#define TKS_LOSS_HOT __attribute__((target_clones("avx2", "default")))
+#else
+#define TKS_LOSS_HOT
+#endif
 
 namespace tks {
 namespace {
 
 constexpr int64_t kNumStats = 8;  // zbar_max, zbar_logsum, u_max, u_logsum, p_dot_nll, w, n_selected, unused
+constexpr int kLanes = 16;        // independent partial results per reduction: two AVX2 registers
+
+// exp(x) for x <= 88 within ~2 ulp (Cephes' expf polynomial on x - n ln2, times 2^n built in the
+// exponent bits); 0 below -87.3 (exp < 2^-126, negligible next to the 1 a shifted softmax sum
+// always holds) and for -inf; NaN stays NaN. Only float arithmetic, compares and selects, so loops
+// calling it vectorise.
+__attribute__((always_inline)) inline float exp_approx(float x) {
+  constexpr float kLo = -87.3f, kHi = 88.0f;
+  constexpr float kRoundMagic = 12582912.0f;  // 1.5 * 2^23: adding it rounds to an integer
+  float xc = x < kLo ? kLo : x;
+  xc = xc > kHi ? kHi : xc;
+  const float shifted = xc * 1.44269504088896341f + kRoundMagic;
+  const float n = shifted - kRoundMagic;
+  float r = xc - n * 0.693359375f;  // ln 2 split in two so n * ln2_hi is exact
+  r = r - n * -2.12194440e-4f;
+  float poly = 1.9875691500e-4f;
+  poly = poly * r + 1.3981999507e-3f;
+  poly = poly * r + 8.3334519073e-3f;
+  poly = poly * r + 4.1665795894e-2f;
+  poly = poly * r + 1.6666665459e-1f;
+  poly = poly * r + 5.0000001201e-1f;
+  poly = poly * (r * r) + r + 1.0f;
+  int32_t shifted_bits;
+  std::memcpy(&shifted_bits, &shifted, sizeof(float));
+  const int32_t scale_bits = (shifted_bits - 0x4B400000 + 127) << 23;  // (n + 127) << 23, n in [-126, 127]
+  float scale;
+  std::memcpy(&scale, &scale_bits, sizeof(float));
+  const float e = poly * scale;
+  return x < kLo ? 0.0f : e;
+}
+
+// max of x[0:C] (NaN ignored, as `x > mx ? x : mx`).
+TKS_LOSS_HOT float row_max(const float* x, int64_t C) {
+  float acc[kLanes];
+  for (int l = 0; l < kLanes; ++l) acc[l] = -std::numeric_limits<float>::infinity();
+  int64_t c = 0;
+  for (; c + kLanes <= C; c += kLanes) {
+    for (int l = 0; l < kLanes; ++l) acc[l] = x[c + l] > acc[l] ? x[c + l] : acc[l];
+  }
+  float mx = -std::numeric_limits<float>::infinity();
+  for (int l = 0; l < kLanes; ++l) mx = acc[l] > mx ? acc[l] : mx;
+  for (; c < C; ++c) mx = x[c] > mx ? x[c] : mx;
+  return mx;
+}
+
+float sum_lanes(const float* acc) {
+  float s = 0.0f;
+  for (int l = 0; l < kLanes; ++l) s += acc[l];
+  return s;
+}
+
+// sum_c exp(x[c] - shift).
+TKS_LOSS_HOT float exp_sum(const float* x, float shift, int64_t C) {
+  float acc[kLanes] = {};
+  int64_t c = 0;
+  for (; c + kLanes <= C; c += kLanes) {
+    for (int l = 0; l < kLanes; ++l) acc[l] += exp_approx(x[c + l] - shift);
+  }
+  float s = sum_lanes(acc);
+  for (; c < C; ++c) s += exp_approx(x[c] - shift);
+  return s;
+}
+
+// max and log(sum exp(x - max)) of x[0:C].
+std::pair<float, float> max_logsum(const float* x, int64_t C) {
+  const float mx = row_max(x, C);
+  return {mx, std::log(exp_sum(x, mx, C))};
+}
+
+// First index of the maximum, as torch.argmax (a NaN in front wins, as the scalar scan it replaces).
+int64_t first_argmax(const float* x, float mx, int64_t C) {
+  if (std::isnan(x[0])) return 0;
+  for (int64_t c = 0; c < C; ++c) {
+    if (x[c] == mx) return c;
+  }
+  return 0;
+}
+
+// One pass over a sample's rows z + t * ld, t-outer and class-inner (contiguous):
+// zsum_c = sum_t z_{t,c}, usum_c = sum_t m_t z_{t,c}, and when nll != nullptr
+// nll_c = sum_t (max_t - z_{t,c}) + logsum_t (= T N_c; every term >= 0, so no cancellation).
+// Each class sums over t in order, as the per-class scalar loop did.
+TKS_LOSS_HOT void sample_sums(const float* z, int64_t ld, const float* m, const float* mx, const float* ls,
+                              int64_t T, int64_t C, float* zsum, float* usum, float* nll) {
+  std::fill(zsum, zsum + C, 0.0f);
+  std::fill(usum, usum + C, 0.0f);
+  if (nll) std::fill(nll, nll + C, 0.0f);
+  for (int64_t t = 0; t < T; ++t) {
+    const float* zt = z + t * ld;
+    for (int64_t c = 0; c < C; ++c) zsum[c] += zt[c];
+    if (m[t] != 0.0f) {
+      const float mt = m[t];
+      for (int64_t c = 0; c < C; ++c) usum[c] += mt * zt[c];
+    }
+    if (nll) {
+      const float mxt = mx[t], lst = ls[t];
+      for (int64_t c = 0; c < C; ++c) nll[c] += (mxt - zt[c]) + lst;
+    }
+  }
+}
+
+// {sum_c e_c, sum_c e_c nll_c} with e_c = exp(v_c - shift).
+TKS_LOSS_HOT std::pair<float, float> weighted_exp_sums(const float* v, float shift, const float* nll, int64_t C) {
+  float acc_e[kLanes] = {}, acc_en[kLanes] = {};
+  int64_t c = 0;
+  for (; c + kLanes <= C; c += kLanes) {
+    for (int l = 0; l < kLanes; ++l) {
+      const float e = exp_approx(v[c + l] - shift);
+      acc_e[l] += e;
+      acc_en[l] += e * nll[c + l];
+    }
+  }
+  float s = sum_lanes(acc_e), sn = sum_lanes(acc_en);
+  for (; c < C; ++c) {
+    const float e = exp_approx(v[c] - shift);
+    s += e;
+    sn += e * nll[c];
+  }
+  return {s, sn};
+}
+
+// Backward per-class terms of one sample: p_c = softmax(v)_c, ce_part_c = coef_ce softmax(zbar)_c
+// (the caller subtracts coef_ce at y), teacher_c = coef_teacher p_c (p.N - nll_c / T) when nll given.
+TKS_LOSS_HOT void class_terms(const float* zbar, const float* v, const float* nll, const float* st, float coef_ce,
+                              float coef_teacher, float inv_t, int64_t C, float* ce_part, float* p, float* teacher) {
+  const float zbar_max = st[0], zbar_logsum = st[1], u_max = st[2], u_logsum = st[3], p_dot_n = st[4];
+  for (int64_t c = 0; c < C; ++c) {
+    ce_part[c] = coef_ce * exp_approx((zbar[c] - zbar_max) - zbar_logsum);
+    p[c] = exp_approx((v[c] - u_max) - u_logsum);
+  }
+  if (nll) {
+    for (int64_t c = 0; c < C; ++c) teacher[c] = coef_teacher * p[c] * (p_dot_n - nll[c] * inv_t);
+  }
+}
+
+// One row of the gradient: out_c = ce_part_c + coef_student (softmax(z_t)_c - p_c) [- teacher_c].
+TKS_LOSS_HOT void grad_row(const float* zt, float mx, float ls, const float* ce_part, const float* p,
+                           const float* teacher, float coef_student, int64_t C, float* out) {
+  if (teacher) {
+    for (int64_t c = 0; c < C; ++c) {
+      const float sm = exp_approx((zt[c] - mx) - ls);
+      out[c] = (ce_part[c] + coef_student * (sm - p[c])) - teacher[c];
+    }
+  } else {
+    for (int64_t c = 0; c < C; ++c) {
+      const float sm = exp_approx((zt[c] - mx) - ls);
+      out[c] = ce_part[c] + coef_student * (sm - p[c]);
+    }
+  }
+}
 
 void check_inputs(const at::Tensor& logits, const at::Tensor& target, double lam, double temperature) {
   TORCH_CHECK(logits.device().is_cpu(), "tks_loss (cpp): logits must be a CPU tensor, got ", logits.device());
@@ -48,7 +214,7 @@ void check_inputs(const at::Tensor& logits, const at::Tensor& target, double lam
   }
 }
 
-// The sample's [T, C] slab as float, row t at out[t * C].
+// The sample's [T, C] slab as float, row t at out[t * C] (half and bfloat16 logits).
 template <typename scalar_t>
 void load_sample(const scalar_t* logits, int64_t b, int64_t T, int64_t C, int64_t stride_t, int64_t stride_b,
                  float* out) {
@@ -58,28 +224,29 @@ void load_sample(const scalar_t* logits, int64_t b, int64_t T, int64_t C, int64_
   }
 }
 
-// zbar and v = u / tau of one sample.
-void mean_and_teacher(const float* z, const float* m, float w, float inv_tau, int64_t T, int64_t C, float* zbar,
-                      float* v) {
-  const float inv_t = 1.0f / static_cast<float>(T);
-  for (int64_t c = 0; c < C; ++c) {
-    float s = 0.0f, u = 0.0f;
-    for (int64_t t = 0; t < T; ++t) {
-      s += z[t * C + c];
-      u += m[t] * z[t * C + c];
-    }
-    zbar[c] = s * inv_t;
-    v[c] = u * w * inv_tau;
+// Sample b's rows as float: float logits are read in place (row t at z + t * ld), others converted
+// into slab first.
+template <typename scalar_t>
+const float* sample_rows(const scalar_t* logits, int64_t b, int64_t T, int64_t C, int64_t stride_t,
+                         int64_t stride_b, std::vector<float>& slab, int64_t& ld) {
+  if constexpr (std::is_same_v<scalar_t, float>) {
+    ld = stride_t;
+    return logits + b * stride_b;
+  } else {
+    slab.resize(T * C);
+    load_sample(logits, b, T, C, stride_t, stride_b, slab.data());
+    ld = C;
+    return slab.data();
   }
 }
 
-// max and log(sum exp(x - max)) of x[0:C].
-std::pair<float, float> max_logsum(const float* x, int64_t C) {
-  float mx = -std::numeric_limits<float>::infinity();
-  for (int64_t c = 0; c < C; ++c) mx = x[c] > mx ? x[c] : mx;
-  double s = 0.0;
-  for (int64_t c = 0; c < C; ++c) s += std::exp(static_cast<double>(x[c] - mx));
-  return {mx, static_cast<float>(std::log(s))};
+// zbar = zsum / T and v = u / tau = usum w / tau, in place.
+void finish_means(float* zbar, float* v, float w, float inv_tau, int64_t T, int64_t C) {
+  const float inv_t = 1.0f / static_cast<float>(T);
+  for (int64_t c = 0; c < C; ++c) {
+    zbar[c] = zbar[c] * inv_t;
+    v[c] = v[c] * w * inv_tau;
+  }
 }
 
 template <typename scalar_t>
@@ -101,37 +268,30 @@ void forward_kernel(const at::Tensor& logits, const at::Tensor& target, double l
   const double kd_scale = temperature * temperature / static_cast<double>(T);
 
   at::parallel_for(0, B, 1, [&](int64_t begin, int64_t end) {
-    std::vector<float> z(T * C), zbar(C), v(C);
+    std::vector<float> slab, zbar(C), v(C), nll(C);
     for (int64_t b = begin; b < end; ++b) {
-      load_sample(z_ptr, b, T, C, stride_t, stride_b, z.data());
+      int64_t ld = 0;
+      const float* z = sample_rows(z_ptr, b, T, C, stride_t, stride_b, slab, ld);
       const int64_t y = y_ptr[b];
       float* mx = row_max_ptr + b * T;
       float* ls = row_logsum_ptr + b * T;
       float* m = mask_ptr + b * T;
       float n_sel = 0.0f;
       for (int64_t t = 0; t < T; ++t) {
-        const float* zt = z.data() + t * C;
-        int64_t arg = 0;  // first maximum, as torch.argmax
-        for (int64_t c = 1; c < C; ++c) arg = zt[c] > zt[arg] ? c : arg;
+        const float* zt = z + t * ld;
         std::tie(mx[t], ls[t]) = max_logsum(zt, C);
-        m[t] = arg == y ? 1.0f : 0.0f;
+        m[t] = first_argmax(zt, mx[t], C) == y ? 1.0f : 0.0f;
         n_sel += m[t];
       }
       const float w = teacher_mean ? 1.0f / std::max(n_sel, 1.0f) : 1.0f;
-      mean_and_teacher(z.data(), m, w, inv_tau, T, C, zbar.data(), v.data());
+      sample_sums(z, ld, m, mx, ls, T, C, zbar.data(), v.data(), nll.data());
+      finish_means(zbar.data(), v.data(), w, inv_tau, T, C);
       const auto [zbar_max, zbar_logsum] = max_logsum(zbar.data(), C);
       const auto [u_max, u_logsum] = max_logsum(v.data(), C);
-      double u_sum = 0.0, u_dot_nll = 0.0;
-      for (int64_t c = 0; c < C; ++c) {
-        const double e = std::exp(static_cast<double>(v[c] - u_max));
-        // -log_softmax(z_t)_c = (max_t - z_{t,c}) + logsum_t >= 0: no cancellation
-        double nll = 0.0;
-        for (int64_t t = 0; t < T; ++t) nll += static_cast<double>(mx[t] - z[t * C + c]) + ls[t];
-        u_sum += e;
-        u_dot_nll += e * nll;
-      }
+      const auto [u_sum, u_dot_nll] = weighted_exp_sums(v.data(), u_max, nll.data(), C);
+      const double p_dot_nll = static_cast<double>(u_dot_nll) / static_cast<double>(u_sum);
       const double ce_b = static_cast<double>(zbar_max - zbar[y]) + zbar_logsum;
-      const double kd_b = kd_scale * u_dot_nll / u_sum;
+      const double kd_b = kd_scale * p_dot_nll;
       loss_ptr[b] = static_cast<float>((1.0 - lam) * ce_b + lam * kd_b);
       ce_ptr[b] = static_cast<float>(ce_b);
       kd_ptr[b] = static_cast<float>(kd_b);
@@ -140,7 +300,7 @@ void forward_kernel(const at::Tensor& logits, const at::Tensor& target, double l
       st[1] = zbar_logsum;
       st[2] = u_max;
       st[3] = u_logsum;
-      st[4] = static_cast<float>(u_dot_nll / u_sum / static_cast<double>(T));  // p . N
+      st[4] = static_cast<float>(p_dot_nll / static_cast<double>(T));  // p . N
       st[5] = w;
       st[6] = n_sel;
       st[7] = 0.0f;
@@ -200,44 +360,38 @@ void backward_kernel(const at::Tensor& logits, const at::Tensor& target, const a
   const float* st_ptr = stats.const_data_ptr<float>();
   const float inv_tau = static_cast<float>(1.0 / temperature);
   const double inv_t = 1.0 / static_cast<double>(T);
+  constexpr bool kFloatOut = std::is_same_v<scalar_t, float>;
 
   at::parallel_for(0, B, 1, [&](int64_t begin, int64_t end) {
-    std::vector<float> z(T * C), zbar(C), v(C), ce_part(C), p(C), teacher_term(C);
+    std::vector<float> slab, zbar(C), v(C), nll(C), ce_part(C), p(C), teacher(C), row(kFloatOut ? 0 : C);
     for (int64_t b = begin; b < end; ++b) {
-      load_sample(z_ptr, b, T, C, stride_t, stride_b, z.data());
+      int64_t ld = 0;
+      const float* z = sample_rows(z_ptr, b, T, C, stride_t, stride_b, slab, ld);
       const int64_t y = y_ptr[b];
       const float* mx = mx_ptr + b * T;
       const float* ls = ls_ptr + b * T;
       const float* m = m_ptr + b * T;
       const float* st = st_ptr + b * kNumStats;
       const float w = st[5];
-      mean_and_teacher(z.data(), m, w, inv_tau, T, C, zbar.data(), v.data());
+      float* nll_or_null = detach_teacher ? nullptr : nll.data();
+      sample_sums(z, ld, m, mx, ls, T, C, zbar.data(), v.data(), nll_or_null);
+      finish_means(zbar.data(), v.data(), w, inv_tau, T, C);
       const double g = g_loss.at(b);
       const double g_ce = (1.0 - lam) * g + g_ce_out.at(b);
       const double g_kd = lam * g + g_kd_out.at(b);
-      const double coef_ce = g_ce * inv_t;
-      const double coef_student = g_kd * temperature * temperature * inv_t;
-      const double coef_teacher = g_kd * temperature * w;
-      for (int64_t c = 0; c < C; ++c) {
-        const double sz = std::exp(static_cast<double>(zbar[c] - st[0]) - st[1]);
-        p[c] = static_cast<float>(std::exp(static_cast<double>(v[c] - st[2]) - st[3]));
-        ce_part[c] = static_cast<float>(coef_ce * (sz - (c == y ? 1.0 : 0.0)));
-      }
-      if (!detach_teacher) {
-        for (int64_t c = 0; c < C; ++c) {
-          double nll_bar = 0.0;
-          for (int64_t t = 0; t < T; ++t) nll_bar += static_cast<double>(mx[t] - z[t * C + c]) + ls[t];
-          teacher_term[c] = static_cast<float>(coef_teacher * p[c] * (st[4] - nll_bar * inv_t));
-        }
-      }
+      const float coef_ce = static_cast<float>(g_ce * inv_t);
+      const float coef_student = static_cast<float>(g_kd * temperature * temperature * inv_t);
+      const float coef_teacher = static_cast<float>(g_kd * temperature * w);
+      class_terms(zbar.data(), v.data(), nll_or_null, st, coef_ce, coef_teacher, static_cast<float>(inv_t), C,
+                  ce_part.data(), p.data(), teacher.data());
+      ce_part[y] = coef_ce * (exp_approx((zbar[y] - st[0]) - st[1]) - 1.0f);
       for (int64_t t = 0; t < T; ++t) {
         scalar_t* out = grad_ptr + t * B * C + b * C;  // grad is contiguous [T, B, C]
-        const bool teaches = !detach_teacher && m[t] != 0.0f;
-        for (int64_t c = 0; c < C; ++c) {
-          const double sm = std::exp(static_cast<double>(z[t * C + c] - mx[t]) - ls[t]);
-          double d = ce_part[c] + coef_student * (sm - p[c]);
-          if (teaches) d -= teacher_term[c];
-          out[c] = static_cast<scalar_t>(static_cast<float>(d));
+        const float* teacher_or_null = !detach_teacher && m[t] != 0.0f ? teacher.data() : nullptr;
+        float* dst = kFloatOut ? reinterpret_cast<float*>(out) : row.data();
+        grad_row(z + t * ld, mx[t], ls[t], ce_part.data(), p.data(), teacher_or_null, coef_student, C, dst);
+        if constexpr (!kFloatOut) {
+          for (int64_t c = 0; c < C; ++c) out[c] = static_cast<scalar_t>(row[c]);
         }
       }
     }
