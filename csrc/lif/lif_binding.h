@@ -4,12 +4,20 @@
 #pragma once
 
 #include <ATen/ATen.h>
+#include <ATen/EmptyTensor.h>
+#include <c10/core/Allocator.h>
+#include <c10/core/CPUAllocator.h>
+#include <c10/util/accumulate.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <mutex>
 #include <optional>
 #include <string>
 #include <tuple>
+#include <utility>
+#include <vector>
 
 #include "lif/lif_kernel.h"
 
@@ -130,7 +138,114 @@ inline void advise_huge_pages(void* data, size_t bytes) {
 #endif
 }
 
+// CPU outputs of 32 MiB and more. glibc's malloc (under torch's CPU allocator) serves such blocks
+// with a fresh mmap on every call (32 MiB is the most its mmap threshold ever rises to): Linux
+// zeroes every page of it on first touch, inside the kernel that writes it. For the LIF backward at
+// T=8, N=2^20 (grad_x 32 MiB) that zeroing cost more than the backward itself: 3.3 ms per call, where
+// T=4 (16 MiB, which glibc reuses from its heap without a fault) took 0.7 ms. Two fixes here:
+// - the block is mapped 2 MiB-aligned and rounded up to 2 MiB, so all of it takes huge pages
+//   (glibc's 4 KiB-aligned block left up to 2 MiB at its two ends to ~512 faults of 4 KiB pages);
+// - a freed block goes to a small cache (kOutputCacheBytes at most) and the next output of the same
+//   rounded size reuses it, already faulted in: what glibc does for smaller blocks, and what torch's
+//   CUDA allocator does for all. Cached blocks are madvise(MADV_FREE)d, so under memory pressure
+//   Linux reclaims them instead of swapping (a reclaimed page reads as zero; outputs are written
+//   before they are read, as from at::empty).
+// Smaller blocks keep torch's allocator.
+#if defined(__linux__) && defined(MADV_HUGEPAGE) && defined(MADV_FREE)
+#define TKS_LIF_MAPPED_OUTPUTS 1
+constexpr size_t kHugePage = size_t{1} << 21;
+constexpr size_t kMinMappedOutputBytes = size_t{32} << 20;
+constexpr size_t kOutputCacheBytes = size_t{1} << 30;
+
+struct MappedOutputCache {
+  std::mutex mutex;
+  std::vector<std::pair<void*, size_t>> blocks;  // (base, bytes), most recently freed last
+  size_t bytes = 0;
+};
+
+inline MappedOutputCache& mapped_output_cache() {
+  static MappedOutputCache* cache = new MappedOutputCache();  // never destroyed: blocks may outlive exit order
+  return *cache;
+}
+
+struct MappedOutput {
+  void* base;
+  size_t bytes;
+};
+
+inline void release_mapped_output(void* ctx) {
+  auto* m = static_cast<MappedOutput*>(ctx);
+  MappedOutputCache& cache = mapped_output_cache();
+  bool cached = false;
+  {
+    std::lock_guard<std::mutex> lock(cache.mutex);
+    if (cache.bytes + m->bytes <= kOutputCacheBytes) {
+      cache.blocks.emplace_back(m->base, m->bytes);
+      cache.bytes += m->bytes;
+      cached = true;
+    }
+  }
+  if (cached) {
+    madvise(m->base, m->bytes, MADV_FREE);
+  } else {
+    munmap(m->base, m->bytes);
+  }
+  delete m;
+}
+
+inline void* map_huge_page_block(size_t body) {
+  {
+    MappedOutputCache& cache = mapped_output_cache();
+    std::lock_guard<std::mutex> lock(cache.mutex);
+    for (size_t i = cache.blocks.size(); i-- > 0;) {
+      if (cache.blocks[i].second == body) {
+        void* base = cache.blocks[i].first;
+        cache.blocks.erase(cache.blocks.begin() + static_cast<std::ptrdiff_t>(i));
+        cache.bytes -= body;
+        return base;
+      }
+    }
+  }
+  const size_t span = body + kHugePage;  // room to slide the block to a 2 MiB boundary
+  void* raw = mmap(nullptr, span, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  if (raw == MAP_FAILED) return nullptr;
+  const uintptr_t first = reinterpret_cast<uintptr_t>(raw);
+  const uintptr_t begin = (first + kHugePage - 1) & ~(uintptr_t{kHugePage} - 1);
+  const size_t head = begin - first, tail = span - head - body;
+  if (head > 0) munmap(raw, head);
+  if (tail > 0) munmap(reinterpret_cast<void*>(begin + body), tail);
+  madvise(reinterpret_cast<void*>(begin), body, MADV_HUGEPAGE);  // a hint: the mapping is valid without it
+  return reinterpret_cast<void*>(begin);
+}
+
+struct MappedOutputAllocator final : c10::Allocator {
+  c10::DataPtr allocate(size_t n) override {
+    const size_t body = (std::max<size_t>(n, 1) + kHugePage - 1) & ~(kHugePage - 1);
+    void* data = map_huge_page_block(body);
+    if (data == nullptr) return c10::GetCPUAllocator()->allocate(n);  // torch reports a real failure
+    return {data, new MappedOutput{data, body}, &release_mapped_output, c10::Device(c10::DeviceType::CPU)};
+  }
+  void copy_data(void* dest, const void* src, std::size_t count) const override {
+    default_copy_data(dest, src, count);
+  }
+};
+
+inline c10::Allocator* mapped_output_allocator() {
+  static MappedOutputAllocator allocator;
+  return &allocator;
+}
+#endif
+
 inline at::Tensor empty_output(at::IntArrayRef sizes, const at::TensorOptions& options) {
+#if defined(TKS_LIF_MAPPED_OUTPUTS)
+  if (options.device().is_cpu()) {
+    const size_t bytes = static_cast<size_t>(c10::multiply_integers(sizes)) * options.dtype().itemsize();
+    if (bytes >= kMinMappedOutputBytes) {
+      return at::detail::empty_generic(sizes, mapped_output_allocator(), c10::DispatchKeySet(c10::DispatchKey::CPU),
+                                       c10::typeMetaToScalarType(options.dtype()), std::nullopt);
+    }
+  }
+#endif
   at::Tensor t = at::empty(sizes, options);
   if (t.is_cpu() && t.nbytes() >= (size_t{4} << 20)) advise_huge_pages(t.data_ptr(), t.nbytes());
   return t;

@@ -186,8 +186,12 @@ double backward_chunk(const LIFParams& p, const LIFBackwardArgs& a, float decay,
   const BackwardCoefs bc(p, decay);
   const bool grad_decay = a.grad_decay != nullptr;
   const bool grad_v_seq = a.grad_v != nullptr && p.store_v_seq;
-  std::fill(zeros_f, zeros_f + len, 0.0f);
-  std::fill(zeros_e, zeros_e + len, IO::store(0.0f));
+  // the plain loop: spike gradients present, no per-step v gradient, no learnable leak
+  const bool plain = a.grad_spikes != nullptr && !grad_v_seq && !grad_decay;
+  if (!plain) {
+    std::fill(zeros_f, zeros_f + len, 0.0f);
+    std::fill(zeros_e, zeros_e + len, IO::store(0.0f));
+  }
   if (a.grad_v != nullptr && !p.store_v_seq) {
     std::copy(a.grad_v + n0, a.grad_v + n0 + len, gv_next);
   } else {
@@ -211,6 +215,25 @@ double backward_chunk(const LIFParams& p, const LIFBackwardArgs& a, float decay,
     const elem* gs = gs_base != nullptr ? gs_base + row : zeros_e;
     const float* gvs = grad_v_seq ? a.grad_v + row : zeros_f;
     elem* gx = gx_base + row;
+    if (plain) {
+      // the default: gradients on the spikes (and the final v) only, no learnable leak; the same
+      // expressions without the zero terms' loads and the gh buffer (which spill the chunk's
+      // working set out of L1)
+#pragma omp simd
+      for (int64_t i = 0; i < len; ++i) {
+        const float hi = h[i];
+        const float sg = surrogate_grad<SURROGATE>(hi - v_th, alpha);
+        const float gv = gv_next[i] + 0.0f;
+        const float fired = hi >= v_th ? 1.0f : 0.0f;
+        const float dv_dh = (1.0f - bc.hard * fired) + (bc.c0 - bc.c1 * hi) * sg;
+        float gh = gv * dv_dh;
+        gh = IO::load(gs[i]) * sg + gh;
+        const float gh_k = gh / bc.tau_div * bc.div_on + gh * bc.k_mul;
+        gx[i] = IO::store(gh_k * bc.gx_leak + gh * bc.gx_keep);
+        gv_next[i] = gh - gh_k;
+      }
+      continue;
+    }
 #pragma omp simd
     for (int64_t i = 0; i < len; ++i) {
       const float hi = h[i];
