@@ -347,3 +347,24 @@ def test_op_backward_without_saved_h_raises():
     s, v, _ = torch.ops.tks.lif_forward(*_forward_args(x, save_h=False))
     with pytest.raises(RuntimeError, match="save_h=False"):
         v.sum().backward()
+
+
+@pytest.mark.parametrize("store_v_seq", [False, True])
+def test_cpp_large_outputs_reused_across_calls(store_v_seq):
+    """Outputs of 32 MiB and more come from the binding's huge-page block cache: three calls in a
+    row (the later ones reuse freed blocks, whose old contents must all be overwritten) match the
+    reference, with a size that is not a multiple of the 2 MiB block."""
+    T, N = 8, 2**20 + 37
+    g = torch.Generator().manual_seed(3)
+    x = (torch.randn(T, N, generator=g) * 1.5 + 0.3).requires_grad_()
+    w_s = torch.randn(T, N, generator=g)
+    kw = dict(tau=2.0, v_threshold=0.5, surrogate="piecewise_quadratic", alpha=2.0, store_v_seq=store_v_seq)
+    s_ref, v_ref = lif_multistep_reference(x, **kw)
+    (g_ref,) = torch.autograd.grad((s_ref * w_s).sum() + v_ref.sum(), x)
+    for call in range(3):
+        s, v = lif_multistep(x, backend="cpp", **kw)
+        (gx,) = torch.autograd.grad((s * w_s).sum() + v.sum(), x)
+        assert_equal(s, s_ref, f"spikes, call {call}")
+        assert_rel_close(v, v_ref, TOL, f"v, call {call}")
+        assert_rel_close(gx, g_ref, TOL, f"grad_x, call {call}")
+        del s, v, gx
