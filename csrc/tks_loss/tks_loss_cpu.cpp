@@ -22,6 +22,8 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include "common/host_expf.h"
+
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
@@ -44,35 +46,6 @@ namespace {
 
 constexpr int64_t kNumStats = 8;  // zbar_max, zbar_logsum, u_max, u_logsum, p_dot_nll, w, n_selected, unused
 constexpr int kLanes = 16;        // independent partial results per reduction: two AVX2 registers
-
-// exp(x) for x <= 88 within ~2 ulp (Cephes' expf polynomial on x - n ln2, times 2^n built in the
-// exponent bits); 0 below -87.3 (exp < 2^-126, negligible next to the 1 a shifted softmax sum
-// always holds) and for -inf; NaN stays NaN. Only float arithmetic, compares and selects, so loops
-// calling it vectorise.
-__attribute__((always_inline)) inline float exp_approx(float x) {
-  constexpr float kLo = -87.3f, kHi = 88.0f;
-  constexpr float kRoundMagic = 12582912.0f;  // 1.5 * 2^23: adding it rounds to an integer
-  float xc = x < kLo ? kLo : x;
-  xc = xc > kHi ? kHi : xc;
-  const float shifted = xc * 1.44269504088896341f + kRoundMagic;
-  const float n = shifted - kRoundMagic;
-  float r = xc - n * 0.693359375f;  // ln 2 split in two so n * ln2_hi is exact
-  r = r - n * -2.12194440e-4f;
-  float poly = 1.9875691500e-4f;
-  poly = poly * r + 1.3981999507e-3f;
-  poly = poly * r + 8.3334519073e-3f;
-  poly = poly * r + 4.1665795894e-2f;
-  poly = poly * r + 1.6666665459e-1f;
-  poly = poly * r + 5.0000001201e-1f;
-  poly = poly * (r * r) + r + 1.0f;
-  int32_t shifted_bits;
-  std::memcpy(&shifted_bits, &shifted, sizeof(float));
-  const int32_t scale_bits = (shifted_bits - 0x4B400000 + 127) << 23;  // (n + 127) << 23, n in [-126, 127]
-  float scale;
-  std::memcpy(&scale, &scale_bits, sizeof(float));
-  const float e = poly * scale;
-  return x < kLo ? 0.0f : e;
-}
 
 // max of x[0:C] (NaN ignored, as `x > mx ? x : mx`).
 TKS_LOSS_HOT float row_max(const float* x, int64_t C) {
@@ -99,10 +72,10 @@ TKS_LOSS_HOT float exp_sum(const float* x, float shift, int64_t C) {
   float acc[kLanes] = {};
   int64_t c = 0;
   for (; c + kLanes <= C; c += kLanes) {
-    for (int l = 0; l < kLanes; ++l) acc[l] += exp_approx(x[c + l] - shift);
+    for (int l = 0; l < kLanes; ++l) acc[l] += host_expf(x[c + l] - shift);
   }
   float s = sum_lanes(acc);
-  for (; c < C; ++c) s += exp_approx(x[c] - shift);
+  for (; c < C; ++c) s += host_expf(x[c] - shift);
   return s;
 }
 
@@ -150,14 +123,14 @@ TKS_LOSS_HOT std::pair<float, float> weighted_exp_sums(const float* v, float shi
   int64_t c = 0;
   for (; c + kLanes <= C; c += kLanes) {
     for (int l = 0; l < kLanes; ++l) {
-      const float e = exp_approx(v[c + l] - shift);
+      const float e = host_expf(v[c + l] - shift);
       acc_e[l] += e;
       acc_en[l] += e * nll[c + l];
     }
   }
   float s = sum_lanes(acc_e), sn = sum_lanes(acc_en);
   for (; c < C; ++c) {
-    const float e = exp_approx(v[c] - shift);
+    const float e = host_expf(v[c] - shift);
     s += e;
     sn += e * nll[c];
   }
@@ -170,8 +143,8 @@ TKS_LOSS_HOT void class_terms(const float* zbar, const float* v, const float* nl
                               float coef_teacher, float inv_t, int64_t C, float* ce_part, float* p, float* teacher) {
   const float zbar_max = st[0], zbar_logsum = st[1], u_max = st[2], u_logsum = st[3], p_dot_n = st[4];
   for (int64_t c = 0; c < C; ++c) {
-    ce_part[c] = coef_ce * exp_approx((zbar[c] - zbar_max) - zbar_logsum);
-    p[c] = exp_approx((v[c] - u_max) - u_logsum);
+    ce_part[c] = coef_ce * host_expf((zbar[c] - zbar_max) - zbar_logsum);
+    p[c] = host_expf((v[c] - u_max) - u_logsum);
   }
   if (nll) {
     for (int64_t c = 0; c < C; ++c) teacher[c] = coef_teacher * p[c] * (p_dot_n - nll[c] * inv_t);
@@ -183,12 +156,12 @@ TKS_LOSS_HOT void grad_row(const float* zt, float mx, float ls, const float* ce_
                            const float* teacher, float coef_student, int64_t C, float* out) {
   if (teacher) {
     for (int64_t c = 0; c < C; ++c) {
-      const float sm = exp_approx((zt[c] - mx) - ls);
+      const float sm = host_expf((zt[c] - mx) - ls);
       out[c] = (ce_part[c] + coef_student * (sm - p[c])) - teacher[c];
     }
   } else {
     for (int64_t c = 0; c < C; ++c) {
-      const float sm = exp_approx((zt[c] - mx) - ls);
+      const float sm = host_expf((zt[c] - mx) - ls);
       out[c] = ce_part[c] + coef_student * (sm - p[c]);
     }
   }
@@ -384,7 +357,7 @@ void backward_kernel(const at::Tensor& logits, const at::Tensor& target, const a
       const float coef_teacher = static_cast<float>(g_kd * temperature * w);
       class_terms(zbar.data(), v.data(), nll_or_null, st, coef_ce, coef_teacher, static_cast<float>(inv_t), C,
                   ce_part.data(), p.data(), teacher.data());
-      ce_part[y] = coef_ce * (exp_approx((zbar[y] - st[0]) - st[1]) - 1.0f);
+      ce_part[y] = coef_ce * (host_expf((zbar[y] - st[0]) - st[1]) - 1.0f);
       for (int64_t t = 0; t < T; ++t) {
         scalar_t* out = grad_ptr + t * B * C + b * C;  // grad is contiguous [T, B, C]
         const float* teacher_or_null = !detach_teacher && m[t] != 0.0f ? teacher.data() : nullptr;
