@@ -1,9 +1,9 @@
 """Fused TKS loss in Triton: one forward launch, one backward launch, one program per sample.
 
-Per sample ``b`` (z_t = logits[t, b], y = target[b], m_t = [argmax z_t == y], w = 1 for the
-"sum" teacher, 1 / max(Σ_t m_t, 1) for "mean"):
+Per sample ``b`` (z_t = logits[t, b], y = target[b], m_t = [argmax z_t == y], n = 1 for the
+"sum" teacher, max(Σ_t m_t, 1) for "mean"):
 
-    z̄ = mean_t z_t,   u = w Σ_t m_t z_t,   p = softmax(u / τ)
+    z̄ = mean_t z_t,   u = Σ_t m_t z_t / n,   p = softmax(u / τ)
     ce = lse(z̄) − z̄_y
     kd = (τ² / T) Σ_t Σ_c p_c (lse(z_t) − z_{t,c})          (every term >= 0: no cancellation)
     loss = (1 − λ) ce + λ kd
@@ -12,11 +12,11 @@ Backward, with g_ce = (1 − λ) g_loss + g_ce_out and g_kd = λ g_loss + g_kd_o
 
     ∂/∂z_{t,c} = g_ce / T · (softmax(z̄)_c − [c = y])
                + g_kd τ² / T · (softmax(z_t)_c − p_c)
-               − g_kd τ w m_t · p_c (z̄_c − p·z̄)               (through the teacher, unless detached)
+               − g_kd τ m_t / n · p_c (z̄_c − p·z̄)             (through the teacher, unless detached)
 
 computed as z̄_c − p·z̄ = p·N̄ − N̄_c with N̄_c = mean_t (lse(z_t) − z_{t,c}) >= 0 (well conditioned).
 
-The mask is piecewise constant, so no gradient flows through it (nor through w).
+The mask is piecewise constant, so no gradient flows through it (nor through n).
 
 Forward kernel: the program walks C in blocks of ``BLOCK_C`` with every step of the sample in
 one ``[BLOCK_T, BLOCK_C]`` tile. Pass 1 keeps, per step, an online max, first argmax and sum of
@@ -24,8 +24,22 @@ exponentials; pass 2 (the mask now known) accumulates z̄, the teacher, and onli
 statistics of z̄ and u / τ. When C fits one block both passes share one load, so the logits are
 read once; otherwise pass 2 re-reads the sample's ``T·C`` slab, which is still in L2.
 Saved for backward: per (b, t) the step's max, log-sum-exp offset and mask, per b 8 floats
-(see ``STATS``), and the logits (referenced, not copied). The backward reads the logits once and
-writes dlogits once.
+(see ``STATS``), and the logits (referenced, not copied). The backward reads the logits once
+(twice, from L2, when C spans several blocks) and writes dlogits once.
+
+Accuracy. With large, confident logits the true gradient is a difference of two numbers near 1
+(a softmax near 1 minus a one-hot or a teacher near 1), down to 1e-7 and below. Three things
+keep the kernels as accurate as eager fp32 torch there, and each was a measured error on the GPU
+before (gradients wrong by 500% at |logits| ~ 150, where torch is within 2%):
+
+- the backward takes the maxima of z̄ and u / τ from its own recomputation, never from the
+  forward: ``exp(z̄_c − max)`` at the argmax must see exactly 0, and a max recomputed one ulp
+  apart (1.5e-5 at 150) would put the whole error into that softmax;
+- no FMA contraction (``enable_fp_fusion=False``): ``s · (1/T) − max`` contracted to one FMA
+  skips the product's rounding, so "the same" z̄ differs between two expressions of it;
+- exp and log from libdevice (correctly rounded to ~1 ulp, as torch's CUDA kernels) rather than
+  the hardware approximations (several ulp near 1, where the difference is formed), and
+  divisions rounded to nearest (``div_rn``), as the reference's ``/``.
 """
 from __future__ import annotations
 
@@ -39,12 +53,33 @@ from torch.autograd.function import once_differentiable
 from .._backends import triton_interpreter_enabled
 from .config import TKSLossConfig
 
-# Per-sample statistics saved by the forward for the backward, columns of ``stats`` [B, 8].
-STATS = ("zbar_max", "zbar_logsum", "u_max", "u_logsum", "p_dot_nll", "w", "n_selected", "unused")
+# Per-sample statistics saved by the forward for the backward, columns of ``stats`` [B, 8]. The
+# maxima are kept for inspection only: the backward recomputes them (see "Accuracy" above).
+STATS = ("zbar_max", "zbar_logsum", "u_max", "u_logsum", "p_dot_nll", "teacher_div", "n_selected", "unused")
 N_STATS = len(STATS)
 # Elements of one [BLOCK_T, BLOCK_C] tile: at most 16 fp32 values per thread and tile (the
 # backward holds a few tiles of temporaries at once).
 MAX_TILE = 4096
+
+if triton_interpreter_enabled():
+    # The interpreter has no libdevice; its tl.exp / tl.log are numpy's, accurate already.
+    @triton.jit
+    def _exp(x):
+        return tl.exp(x)
+
+    @triton.jit
+    def _log(x):
+        return tl.log(x)
+else:
+    from triton.language.extra import libdevice
+
+    @triton.jit
+    def _exp(x):
+        return libdevice.exp(x)
+
+    @triton.jit
+    def _log(x):
+        return libdevice.log(x)
 
 
 def _num_warps(block_t: int, block_c: int) -> int:
@@ -59,22 +94,40 @@ def _pass1_update(x, cols, run_max, run_sum, run_arg):
     blk_arg = tl.min(tl.where(x == blk_max[:, None], cols[None, :], 2147483647), axis=1)
     run_arg = tl.where(blk_max > run_max, blk_arg, run_arg)  # strict: an earlier block wins a tie
     new_max = tl.maximum(run_max, blk_max)
-    run_sum = run_sum * tl.exp(run_max - new_max) + tl.sum(tl.exp(x - new_max[:, None]), axis=1)
+    run_sum = run_sum * _exp(run_max - new_max) + tl.sum(_exp(x - new_max[:, None]), axis=1)
     return new_max, run_sum, run_arg
 
 
 @triton.jit
+def _load_tile(rows, cols, t_valid, c_valid):
+    """One [BLOCK_T, BLOCK_C] tile in fp32; padded steps and classes read 0 (finite, masked later)."""
+    return tl.load(rows + cols[None, :], mask=t_valid[:, None] & c_valid[None, :], other=0.0).to(tl.float32)
+
+
+@triton.jit
+def _mean_and_teacher(x, m, T_f, teacher_div, tau):
+    """z̄ and u / τ of one tile, rounded as the reference's ``mean(0)``, ``/ n`` and ``/ τ``.
+
+    The forward and the backward both call this, so both see the same bits (no FMA contraction).
+    """
+    zbar = tl.div_rn(tl.sum(x, axis=0), T_f)
+    v = tl.div_rn(tl.div_rn(tl.sum(x * m[:, None], axis=0), teacher_div), tau)
+    return zbar, v
+
+
+@triton.jit(do_not_specialize=["T"])  # T = 1 must not become a constant (T.to below, and one binary)
 def _tks_loss_forward_kernel(
     logits_ptr, target_ptr,
     loss_ptr, ce_ptr, kd_ptr, row_max_ptr, row_logsum_ptr, mask_ptr, stats_ptr,
     T, C, stride_t, stride_b,
-    lam, inv_tau, kd_scale, inv_t,
+    lam, tau, kd_scale,
     TEACHER_MEAN: tl.constexpr, ONE_BLOCK: tl.constexpr,
     BLOCK_T: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
     b = tl.program_id(0).to(tl.int64)
     t_idx = tl.arange(0, BLOCK_T)
     t_valid = t_idx < T
+    T_f = T.to(tl.float32)
     c_base = tl.arange(0, BLOCK_C)
     # int64 offsets: T * B * C may pass 2**31
     rows = logits_ptr + b * stride_b + t_idx.to(tl.int64)[:, None] * stride_t  # [BLOCK_T, 1]
@@ -85,26 +138,25 @@ def _tks_loss_forward_kernel(
     run_sum = tl.zeros([BLOCK_T], dtype=tl.float32)
     run_arg = tl.zeros([BLOCK_T], dtype=tl.int32)
     if ONE_BLOCK:
-        cols = c_base
-        c_valid = cols < C
-        # padded steps read 0 (finite, never used); padded classes are -inf in every max / sum
-        x_one = tl.load(rows + cols[None, :], mask=t_valid[:, None] & c_valid[None, :], other=0.0).to(tl.float32)
+        c_valid = c_base < C
+        x_one = _load_tile(rows, c_base, t_valid, c_valid)
+        # padded classes are -inf in every max / sum
         run_max, run_sum, run_arg = _pass1_update(
-            tl.where(c_valid[None, :], x_one, float("-inf")), cols, run_max, run_sum, run_arg)
+            tl.where(c_valid[None, :], x_one, float("-inf")), c_base, run_max, run_sum, run_arg)
     else:
         for c0 in range(0, C, BLOCK_C):
             cols = c0 + c_base
             c_valid = cols < C
-            x = tl.load(rows + cols[None, :], mask=t_valid[:, None] & c_valid[None, :], other=0.0).to(tl.float32)
+            x = _load_tile(rows, cols, t_valid, c_valid)
             run_max, run_sum, run_arg = _pass1_update(
                 tl.where(c_valid[None, :], x, float("-inf")), cols, run_max, run_sum, run_arg)
-    row_logsum = tl.log(run_sum)
+    row_logsum = _log(run_sum)
     m = tl.where(t_valid & (run_arg == y), 1.0, 0.0)  # [BLOCK_T] fp32 0/1
     n_sel = tl.sum(m, axis=0)
     if TEACHER_MEAN:
-        w = 1.0 / tl.maximum(n_sel, 1.0)  # no selected step: the teacher is 0 whatever w is
+        teacher_div = tl.maximum(n_sel, 1.0)  # no selected step: the teacher is 0 whatever n is
     else:
-        w = n_sel * 0.0 + 1.0
+        teacher_div = n_sel * 0.0 + 1.0
     out = b * T + t_idx
     tl.store(row_max_ptr + out, run_max, mask=t_valid)
     tl.store(row_logsum_ptr + out, row_logsum, mask=t_valid)
@@ -123,55 +175,58 @@ def _tks_loss_forward_kernel(
         if ONE_BLOCK:
             x = x_one
         else:
-            x = tl.load(rows + cols[None, :], mask=t_valid[:, None] & c_valid[None, :], other=0.0).to(tl.float32)
-        zbar = tl.sum(x, axis=0) * inv_t
-        v = tl.sum(x * m[:, None], axis=0) * w * inv_tau
+            x = _load_tile(rows, cols, t_valid, c_valid)
+        zbar, v = _mean_and_teacher(x, m, T_f, teacher_div, tau)
         zbar_m = tl.where(c_valid, zbar, float("-inf"))
         v_m = tl.where(c_valid, v, float("-inf"))
         # ce: lse(z̄) online, and z̄_y
         new_max = tl.maximum(zbar_max, tl.max(zbar_m, axis=0))
-        zbar_sum = zbar_sum * tl.exp(zbar_max - new_max) + tl.sum(tl.exp(zbar_m - new_max), axis=0)
+        zbar_sum = zbar_sum * _exp(zbar_max - new_max) + tl.sum(_exp(zbar_m - new_max), axis=0)
         zbar_max = new_max
         zbar_y += tl.sum(tl.where(cols == y, zbar, 0.0), axis=0)
         # teacher softmax, online; weights e^(v − u_max), 0 on padded classes
         new_max = tl.maximum(u_max, tl.max(v_m, axis=0))
-        scale = tl.exp(u_max - new_max)
-        e = tl.exp(v_m - new_max)
+        scale = _exp(u_max - new_max)
+        e = _exp(v_m - new_max)
         # −log_softmax(z_t)_c = (max_t − z_{t,c}) + logsum_t >= 0, summed over the valid steps
         nll = tl.sum(tl.where(t_valid[:, None], (run_max[:, None] - x) + row_logsum[:, None], 0.0), axis=0)
         nll = tl.where(c_valid, nll, 0.0)
         u_sum = u_sum * scale + tl.sum(e, axis=0)
         u_dot_nll = u_dot_nll * scale + tl.sum(e * nll, axis=0)
         u_max = new_max
-    ce = (zbar_max - zbar_y) + tl.log(zbar_sum)
-    kd = kd_scale * (u_dot_nll / u_sum)
+    zbar_logsum = _log(zbar_sum)
+    ce = (zbar_max - zbar_y) + zbar_logsum
+    p_dot_nll_sum = tl.div_rn(u_dot_nll, u_sum)  # Σ_c p_c Σ_t (lse_t − z_{t,c})
+    kd = kd_scale * p_dot_nll_sum
     tl.store(loss_ptr + b, (1.0 - lam) * ce + lam * kd)
     tl.store(ce_ptr + b, ce)
     tl.store(kd_ptr + b, kd)
     st = stats_ptr + b * 8
     tl.store(st + 0, zbar_max)
-    tl.store(st + 1, tl.log(zbar_sum))
+    tl.store(st + 1, zbar_logsum)
     tl.store(st + 2, u_max)
-    tl.store(st + 3, tl.log(u_sum))
-    tl.store(st + 4, (u_dot_nll / u_sum) * inv_t)
-    tl.store(st + 5, w)
+    tl.store(st + 3, _log(u_sum))
+    tl.store(st + 4, tl.div_rn(p_dot_nll_sum, T_f))
+    tl.store(st + 5, teacher_div)
     tl.store(st + 6, n_sel)
     tl.store(st + 7, 0.0)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["T"])
 def _tks_loss_backward_kernel(
     logits_ptr, target_ptr, row_max_ptr, row_logsum_ptr, mask_ptr, stats_ptr,
     grad_loss_ptr, grad_ce_ptr, grad_kd_ptr, grad_logits_ptr,
     T, C, stride_t, stride_b, gstride_t, gstride_b,
     stride_gloss, stride_gce, stride_gkd,
-    lam, inv_tau, tau, kd_scale, inv_t,
+    lam, tau, kd_scale,
     HAS_GRAD_LOSS: tl.constexpr, HAS_GRAD_CE: tl.constexpr, HAS_GRAD_KD: tl.constexpr,
-    DETACH_TEACHER: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_C: tl.constexpr,
+    DETACH_TEACHER: tl.constexpr, ONE_BLOCK: tl.constexpr,
+    BLOCK_T: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
     b = tl.program_id(0).to(tl.int64)
     t_idx = tl.arange(0, BLOCK_T)
     t_valid = t_idx < T
+    T_f = T.to(tl.float32)
     c_base = tl.arange(0, BLOCK_C)
     rows = logits_ptr + b * stride_b + t_idx.to(tl.int64)[:, None] * stride_t
     grad_rows = grad_logits_ptr + b * gstride_b + t_idx.to(tl.int64)[:, None] * gstride_t
@@ -180,12 +235,28 @@ def _tks_loss_backward_kernel(
     row_logsum = tl.load(row_logsum_ptr + b * T + t_idx, mask=t_valid, other=0.0)
     m = tl.load(mask_ptr + b * T + t_idx, mask=t_valid, other=0.0)
     st = stats_ptr + b * 8
-    zbar_max = tl.load(st + 0)
     zbar_logsum = tl.load(st + 1)
-    u_max = tl.load(st + 2)
     u_logsum = tl.load(st + 3)
     p_dot_nll = tl.load(st + 4)
-    w = tl.load(st + 5)
+    teacher_div = tl.load(st + 5)
+
+    # The maxima of z̄ and u / τ, recomputed here from the same bits the main loop sees (see
+    # "Accuracy" in the module docstring); a second read of the slab, from L2, when C spans blocks.
+    zbar_max = tl.full([], float("-inf"), tl.float32)
+    u_max = tl.full([], float("-inf"), tl.float32)
+    if ONE_BLOCK:
+        c_valid = c_base < C
+        x_one = _load_tile(rows, c_base, t_valid, c_valid)
+        zbar, v = _mean_and_teacher(x_one, m, T_f, teacher_div, tau)
+        zbar_max = tl.max(tl.where(c_valid, zbar, float("-inf")), axis=0)
+        u_max = tl.max(tl.where(c_valid, v, float("-inf")), axis=0)
+    else:
+        for c0 in range(0, C, BLOCK_C):
+            cols = c0 + c_base
+            c_valid = cols < C
+            zbar, v = _mean_and_teacher(_load_tile(rows, cols, t_valid, c_valid), m, T_f, teacher_div, tau)
+            zbar_max = tl.maximum(zbar_max, tl.max(tl.where(c_valid, zbar, float("-inf")), axis=0))
+            u_max = tl.maximum(u_max, tl.max(tl.where(c_valid, v, float("-inf")), axis=0))
 
     # Upstream gradients of the per-sample ce and kd terms (the loss is their λ-mix).
     g_ce = tl.zeros([], dtype=tl.float32)
@@ -198,29 +269,31 @@ def _tks_loss_backward_kernel(
         g_ce += tl.load(grad_ce_ptr + b * stride_gce).to(tl.float32)
     if HAS_GRAD_KD:
         g_kd += tl.load(grad_kd_ptr + b * stride_gkd).to(tl.float32)
-    coef_ce = g_ce * inv_t
+    coef_ce = tl.div_rn(g_ce, T_f)
     coef_student = g_kd * kd_scale
-    coef_teacher = (g_kd * tau * w) * m  # [BLOCK_T]
+    coef_teacher = tl.div_rn(g_kd * tau, teacher_div) * m  # [BLOCK_T]
 
     for c0 in range(0, C, BLOCK_C):
         cols = c0 + c_base
         c_valid = cols < C
-        tile_mask = t_valid[:, None] & c_valid[None, :]
-        x = tl.load(rows + cols[None, :], mask=tile_mask, other=0.0).to(tl.float32)
-        zbar = tl.sum(x, axis=0) * inv_t
-        v = tl.sum(x * m[:, None], axis=0) * w * inv_tau
-        softmax_zbar = tl.exp((zbar - zbar_max) - zbar_logsum)
-        p = tl.exp((v - u_max) - u_logsum)
+        if ONE_BLOCK:
+            x = x_one
+        else:
+            x = _load_tile(rows, cols, t_valid, c_valid)
+        zbar, v = _mean_and_teacher(x, m, T_f, teacher_div, tau)
+        softmax_zbar = _exp((zbar - zbar_max) - zbar_logsum)
+        p = _exp((v - u_max) - u_logsum)
         d_ce = coef_ce * (softmax_zbar - tl.where(cols == y, 1.0, 0.0))  # [BLOCK_C]
         nll = (row_max[:, None] - x) + row_logsum[:, None]  # −log_softmax(z_t), >= 0
-        softmax_z = tl.exp(-nll)
+        softmax_z = _exp(-nll)
         d = d_ce[None, :] + coef_student * (softmax_z - p[None, :])
         if not DETACH_TEACHER:
             # z̄_c − p·z̄ written as p·N̄ − N̄_c, N̄ = mean_t −log_softmax(z_t): small when the
             # teacher is confident and right, where z̄_c − p·z̄ would cancel large logits
-            nll_bar = tl.sum(tl.where(t_valid[:, None], nll, 0.0), axis=0) * inv_t
+            nll_bar = tl.div_rn(tl.sum(tl.where(t_valid[:, None], nll, 0.0), axis=0), T_f)
             d -= coef_teacher[:, None] * (p * (p_dot_nll - nll_bar))[None, :]
-        tl.store(grad_rows + cols[None, :], d.to(grad_logits_ptr.dtype.element_ty), mask=tile_mask)
+        tl.store(grad_rows + cols[None, :], d.to(grad_logits_ptr.dtype.element_ty),
+                 mask=t_valid[:, None] & c_valid[None, :])
 
 
 def _blocks(T: int, C: int, block_c: Optional[int]) -> tuple[int, int]:
@@ -252,9 +325,9 @@ def tks_loss_forward_triton(
         logits, target.contiguous(),
         loss_b, ce_b, kd_b, row_max, row_logsum, mask, stats,
         T, C, logits.stride(0), logits.stride(1),
-        cfg.lam, 1.0 / tau, tau * tau / T, 1.0 / T,
+        cfg.lam, tau, tau * tau / T,
         TEACHER_MEAN=cfg.teacher_mean, ONE_BLOCK=C <= block_c,
-        BLOCK_T=block_t, BLOCK_C=block_c, num_warps=_num_warps(block_t, block_c),
+        BLOCK_T=block_t, BLOCK_C=block_c, num_warps=_num_warps(block_t, block_c), enable_fp_fusion=False,
     )
     return loss_b, ce_b, kd_b, row_max, row_logsum, mask, stats
 
@@ -286,10 +359,10 @@ def tks_loss_backward_triton(
         gl, gce, gkd, grad_logits,
         T, C, logits.stride(0), logits.stride(1), grad_logits.stride(0), grad_logits.stride(1),
         sgl, sgce, sgkd,
-        cfg.lam, 1.0 / tau, tau, tau * tau / T, 1.0 / T,
+        cfg.lam, tau, tau * tau / T,
         HAS_GRAD_LOSS=grad_loss is not None, HAS_GRAD_CE=grad_ce is not None, HAS_GRAD_KD=grad_kd is not None,
-        DETACH_TEACHER=cfg.detach_teacher, BLOCK_T=block_t, BLOCK_C=block_c,
-        num_warps=_num_warps(block_t, block_c),
+        DETACH_TEACHER=cfg.detach_teacher, ONE_BLOCK=C <= block_c, BLOCK_T=block_t, BLOCK_C=block_c,
+        num_warps=_num_warps(block_t, block_c), enable_fp_fusion=False,
     )
     return grad_logits.to(logits.dtype) if interpreter_bf16 else grad_logits
 
