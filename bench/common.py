@@ -304,6 +304,30 @@ def bench(fn: Callable[[], object], device: torch.device, warmup_ms: float, rep_
     return cpu_bench(fn, warmup_ms, rep_ms, min_reps=min_reps)
 
 
+def graph_replay_time(step: Callable[[], object], device: torch.device, warmup_ms: float, rep_ms: float,
+                      warmup_calls: int = 3) -> tuple[float, float, float]:
+    """(median, q20, q80) ms of replaying ``step()`` captured in one CUDA graph: the GPU time of
+    its kernels without the host's per-call work (Python, dispatch, launches), which is what a
+    step costs when the host runs ahead of the GPU, as in a training loop. ``step`` is warmed up
+    (compiled, caches filled) on a side stream first, as torch.cuda.graph requires."""
+    if device.type != "cuda":
+        raise RuntimeError("CUDA graphs need a CUDA device")
+    side = torch.cuda.Stream(device)
+    side.wait_stream(torch.cuda.current_stream(device))
+    with torch.cuda.stream(side):
+        for _ in range(warmup_calls):
+            step()
+    torch.cuda.current_stream(device).wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        step()
+    try:
+        return bench(graph.replay, device, warmup_ms, rep_ms)
+    finally:
+        del graph
+        free_memory(device)
+
+
 def copy_bandwidth(device: torch.device, nbytes: int, warmup_ms: float, rep_ms: float) -> tuple[float, float]:
     """GB/s (1e9 bytes/s) of a device-to-device ``dst.copy_(src)`` of ``nbytes``, counting bytes read
     plus bytes written (2 * nbytes). Returns (GB/s at the median, median ms)."""

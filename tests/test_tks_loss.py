@@ -541,6 +541,48 @@ def test_bad_target_on_cuda_raises_cleanly():
     tks_loss(z, torch.tensor([0, 4, 1, 2], device="cuda"), lam=0.5)
 
 
+def test_label_range_on_the_host():
+    from tks_kernels.tks_loss.config import label_range
+
+    assert label_range(torch.tensor([3, 0, 9, 2])) == (0, 9)
+    assert label_range(torch.tensor([[5, -1], [2, 7]]).t()[1]) == (-1, 7)  # strided
+    assert label_range(torch.tensor([4])) == (4, 4)
+
+
+@pytest.mark.skipif(not CUDA, reason="needs a CUDA device: CUDA graph capture")
+@pytest.mark.parametrize("teacher", ["sum", "mean"])
+def test_triton_fwd_bwd_in_a_cuda_graph(teacher):
+    """The fused loss captures into a CUDA graph (no host sync while capturing: the label check is
+    a device assert there) and replays on new logits and labels as the eager call computes them."""
+    T, B, C = 4, 16, 10
+    kw = dict(lam=0.6, temperature=3.0, teacher=teacher)
+    z, y = make_logits(T, B, C, "some", seed=11, device="cuda")
+    static_z = z.clone().requires_grad_(True)
+    static_y = y.clone()
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):  # warm up (compiles the kernels) outside the capture
+        for _ in range(2):
+            tks_loss(static_z, static_y, backend="triton", **kw).backward()
+            static_z.grad = None
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        static_loss = tks_loss(static_z, static_y, backend="triton", **kw)
+        static_loss.backward()
+    for seed in (12, 13):
+        z2, y2 = make_logits(T, B, C, "some", seed=seed, device="cuda")
+        with torch.no_grad():
+            static_z.copy_(z2)
+        static_y.copy_(y2)
+        graph.replay()
+        ref = z2.detach().requires_grad_(True)
+        ref_loss = tks_loss(ref, y2, backend="triton", **kw)
+        ref_loss.backward()
+        assert_equal(static_loss.detach(), ref_loss.detach(), "replayed loss")
+        assert_equal(static_z.grad, ref.grad, "replayed gradient")
+
+
 def test_cpp_kernel_checks_its_own_inputs():
     """The op called directly (no Python checks) still refuses a bad label."""
     cpp_ready()

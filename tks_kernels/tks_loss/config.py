@@ -83,17 +83,26 @@ def parse_tks_loss_args(
             raise TypeError(f"{name} must be a bool, got {type(flag).__name__} {flag!r}")
     # last: the range check syncs with the device
     target = target.long()
-    if torch.compiler.is_compiling():
-        # no host sync inside a graph: an assert that stops the run (a device assert on CUDA)
+    if torch.compiler.is_compiling() or (target.is_cuda and torch.cuda.is_current_stream_capturing()):
+        # no host sync inside a compiled graph or a CUDA graph capture: an assert that stops the
+        # run (a device assert on CUDA) instead; the eager call before capture checks as usual
         torch._assert_async(((target >= 0) & (target < C)).all(), f"tks_loss: target outside [0, {C})")
     else:
-        lo, hi = torch.stack(torch.aminmax(target)).tolist()  # one sync
+        lo, hi = label_range(target)
         if lo < 0 or hi >= C:
             bad = lo if lo < 0 else hi
             raise ValueError(
                 f"target holds class index {bad}, outside [0, {C}) for C = {C} classes (logits.shape[2])"
             )
     return TKSLossConfig(lam, temperature, teacher, detach_teacher, reduction, return_parts), target
+
+
+def label_range(target: torch.Tensor) -> tuple[int, int]:
+    """``(min, max)`` of int64 ``target``: on CUDA one device-to-host copy of the [B] labels (one
+    op, one sync) and the min / max on the host, rather than two reductions on the device first."""
+    host = target if target.device.type == "cpu" else target.to("cpu")
+    lo, hi = torch.aminmax(host)
+    return int(lo), int(hi)
 
 
 def check_backend(backend) -> str:

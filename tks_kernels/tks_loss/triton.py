@@ -317,8 +317,11 @@ def tks_loss_forward_triton(
         logits = logits.contiguous()
     dev = logits.device
     loss_b, ce_b, kd_b = (torch.empty(B, dtype=torch.float32, device=dev) for _ in range(3))
-    row_max, row_logsum, mask = (torch.empty(B, T, dtype=torch.float32, device=dev) for _ in range(3))
-    stats = torch.empty(B, N_STATS, dtype=torch.float32, device=dev)
+    # what the backward needs, in one allocation (fewer host calls: at training sizes this op is
+    # bound by the host, not the GPU)
+    saved = torch.empty(B * (3 * T + N_STATS), dtype=torch.float32, device=dev)
+    row_max, row_logsum, mask = saved[: 3 * B * T].view(3, B, T).unbind(0)
+    stats = saved[3 * B * T:].view(B, N_STATS)
     block_t, block_c = _blocks(T, C, block_c)
     tau = cfg.temperature
     _tks_loss_forward_kernel[(B,)](
