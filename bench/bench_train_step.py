@@ -44,7 +44,7 @@ COLUMNS = ["model", "provider", "T", "batch", "image_size", "width", "status", "
 # our surrogate names -> spikingjelly 2.0.0 surrogate classes (activation_based.surrogate)
 SJ_SURROGATES = {
     "sigmoid": "Sigmoid", "atan": "ATan", "piecewise_quadratic": "PiecewiseQuadratic", "erf": "Erf",
-    "piecewise_exp": "PiecewiseExp", "soft_sign": "SoftSign", "super_spike": "SuperSpike",
+    "piecewise_exp": "PiecewiseExp", "soft_sign": "SoftSign", "super_spike": "SuperSpike", "rect": "Rect",
 }
 
 

@@ -274,7 +274,7 @@ from spikingjelly.activation_based import surrogate as sj_surrogate  # noqa: E40
 SJ_SURROGATES = {
     "sigmoid": sj_surrogate.Sigmoid, "atan": sj_surrogate.ATan, "piecewise_quadratic": sj_surrogate.PiecewiseQuadratic,
     "erf": sj_surrogate.Erf, "piecewise_exp": sj_surrogate.PiecewiseExp, "soft_sign": sj_surrogate.SoftSign,
-    "super_spike": sj_surrogate.SuperSpike,
+    "super_spike": sj_surrogate.SuperSpike, "rect": sj_surrogate.Rect,
 }
 
 

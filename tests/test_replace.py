@@ -123,6 +123,37 @@ def test_same_outputs_and_gradients(net, step_mode):
     compare_before_after(make, step_shape, step_mode)
 
 
+def test_ms_resnet_with_rect_surrogate_runs_fused():
+    """spikingjelly 2.0.0's MS-ResNet-18 (its own multi-step LIF neurons with the Rect surrogate):
+    every neuron replaced, no eager fallback warning, same logits and parameter gradients."""
+    from spikingjelly.activation_based.model import ms_resnet
+
+    torch.manual_seed(0)
+    before = ms_resnet.ms_resnet18(T=2, num_classes=10)
+    after = copy.deepcopy(before)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a surrogate without a kernel would warn
+        n = tks.replace_neurons(after)
+        assert n == sum(isinstance(m, SJ_NEURONS) for m in before.modules()) > 0
+        assert {type(m.surrogate_function).__name__ for m in after.modules() if isinstance(m, TKS_NEURONS)} == {"Rect"}
+        x = torch.randn(3, 3, 16, 16, generator=torch.Generator().manual_seed(1)) * 2.0
+        weight = torch.randn(3, 10, generator=torch.Generator().manual_seed(2))
+        outs, grads = [], []
+        for net in (before, after):
+            net.train()
+            out = net(x)
+            (out * weight).sum().backward()
+            functional.reset_net(net)
+            outs.append(out.detach())
+            grads.append({name: p.grad for name, p in net.named_parameters() if p.grad is not None})
+    assert_equal(outs[1], outs[0], "logits")
+    assert grads[0].keys() == grads[1].keys() and grads[0]
+    total = sum(g.double().norm() ** 2 for g in grads[0].values()).sqrt().item()
+    assert total > 0
+    for name in grads[0]:
+        assert_rel_close(grads[1][name], grads[0][name], TOL, f"grad {name}", floor=1e-3 * total)
+
+
 def test_triton_backend(device):
     """On a GPU both models run there (spikingjelly on its own CUDA kernels, ours on Triton)."""
     _, after = compare_before_after(mixed_net, NETS["mixed"][1], "m", backend="triton", device=device)

@@ -326,7 +326,8 @@ void backward_io(const LIFParams& p, const LIFBackwardArgs& a) {
     case kErf: return backward_all<IO, kErf>(p, a);
     case kPiecewiseExp: return backward_all<IO, kPiecewiseExp>(p, a);
     case kSoftSign: return backward_all<IO, kSoftSign>(p, a);
-    default: return backward_all<IO, kSuperSpike>(p, a);
+    case kSuperSpike: return backward_all<IO, kSuperSpike>(p, a);
+    default: return backward_all<IO, kRect>(p, a);
   }
 }
 

@@ -102,8 +102,9 @@ __device__ __forceinline__ void surrogate_grads(int surrogate, float (&u)[VEC], 
     TKS_SURROGATE_CASE(kErf)
     TKS_SURROGATE_CASE(kPiecewiseExp)
     TKS_SURROGATE_CASE(kSoftSign)
+    TKS_SURROGATE_CASE(kSuperSpike)
     default:
-      TKS_SURROGATE_CASE(kSuperSpike)
+      TKS_SURROGATE_CASE(kRect)
   }
 #undef TKS_SURROGATE_CASE
 }

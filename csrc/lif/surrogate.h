@@ -29,7 +29,8 @@ enum Surrogate : int {
   kPiecewiseExp = 4,
   kSoftSign = 5,
   kSuperSpike = 6,
-  kNumSurrogates = 7,
+  kRect = 7,
+  kNumSurrogates = 8,
 };
 
 
@@ -62,9 +63,11 @@ TKS_HOST_DEVICE float surrogate_grad(float x, float alpha) {
   } else if (S == kSoftSign) {
     const float z = 1.0f / alpha + fabsf(x);
     return 1.0f / (2.0f * alpha * (z * z));
-  } else {  // kSuperSpike
+  } else if (S == kSuperSpike) {
     const float z = fabsf(x) + 1.0f;
     return alpha / (z * z);
+  } else {  // kRect
+    return fabsf(x) < 0.5f / alpha ? alpha : 0.0f;
   }
 }
 
@@ -77,7 +80,8 @@ TKS_HOST_DEVICE float surrogate_grad(int surrogate, float x, float alpha) {
     case kErf: return surrogate_grad<kErf>(x, alpha);
     case kPiecewiseExp: return surrogate_grad<kPiecewiseExp>(x, alpha);
     case kSoftSign: return surrogate_grad<kSoftSign>(x, alpha);
-    default: return surrogate_grad<kSuperSpike>(x, alpha);
+    case kSuperSpike: return surrogate_grad<kSuperSpike>(x, alpha);
+    default: return surrogate_grad<kRect>(x, alpha);
   }
 }
 

@@ -52,6 +52,7 @@ SPIKINGJELLY_SURROGATES = {
     "PiecewiseExp": "piecewise_exp",
     "SoftSign": "soft_sign",
     "SuperSpike": "super_spike",
+    "Rect": "rect",
 }
 SPIKINGJELLY_SURROGATE_MODULES = (
     "spikingjelly.activation_based.surrogate",
@@ -304,7 +305,7 @@ class LIFNode(_NeuronBase):
         v_threshold: firing threshold.
         v_reset: hard-reset value, or None for soft reset.
         surrogate_function: a spikingjelly surrogate object (Sigmoid, ATan, PiecewiseQuadratic, Erf,
-            PiecewiseExp, SoftSign and SuperSpike run fused, others on the eager loop), one of our
+            PiecewiseExp, SoftSign, SuperSpike and Rect run fused, others on the eager loop), one of our
             names (``tks_kernels.SURROGATES``, default alpha) or a ``(name, alpha)`` pair.
         detach_reset: the spike in the reset carries no gradient.
         step_mode: 's' (input ``[N, *]``, one step) or 'm' (input ``[T, N, *]``).

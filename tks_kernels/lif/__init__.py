@@ -52,7 +52,7 @@ def lif_multistep(
         decay_input: whether the input is divided by tau too.
         detach_reset: the spike in the reset carries no gradient.
         surrogate: one of ``SURROGATES`` (sigmoid, atan, piecewise_quadratic, erf,
-            piecewise_exp, soft_sign, super_spike).
+            piecewise_exp, soft_sign, super_spike, rect).
         alpha: surrogate sharpness; None takes spikingjelly 2.0.0's default for it.
         store_v_seq: return ``v`` at every step ``[T, *]`` instead of the final ``[*]``.
         backend: "auto" | "triton" | "cuda" | "cpp" | "torch" (the eager reference).

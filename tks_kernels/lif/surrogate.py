@@ -19,6 +19,7 @@ SURROGATES: dict[str, tuple[int, float]] = {
     "piecewise_exp": (4, 1.0),
     "soft_sign": (5, 2.0),
     "super_spike": (6, 1.0),
+    "rect": (7, 1.0),
 }
 
 
@@ -50,6 +51,8 @@ def surrogate_grad(x: torch.Tensor, name: str, alpha: float) -> torch.Tensor:
         return 1.0 / (2 * alpha * (1 / alpha + x.abs()).pow(2))
     if name == "super_spike":
         return alpha / (x.abs() + 1.0).pow(2)
+    if name == "rect":
+        return (x.abs() < 0.5 / alpha).to(x.dtype) * alpha
     raise ValueError(f"surrogate={name!r} is unknown; choose one of {sorted(SURROGATES)}")
 
 

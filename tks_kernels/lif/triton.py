@@ -78,9 +78,11 @@ def _surrogate_grad(x, alpha, SURROGATE: tl.constexpr):
     elif SURROGATE == 5:  # soft_sign
         z = 1.0 / alpha + tl.abs(x)
         g = 1.0 / (2.0 * alpha * (z * z))
-    else:  # super_spike
+    elif SURROGATE == 6:  # super_spike
         z = tl.abs(x) + 1.0
         g = alpha / (z * z)
+    else:  # rect
+        g = tl.where(tl.abs(x) < 0.5 / alpha, alpha, 0.0)
     return g
 
 
