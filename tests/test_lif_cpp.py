@@ -1,7 +1,10 @@
 """The C++ CPU kernels of the fused LIF (backend="cpp", ops torch.ops.tks.lif_forward/backward)
 against the eager reference and spikingjelly 2.0.0, their torch.library registration
 (torch.compile, opcheck), and the errors when they cannot run."""
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -368,3 +371,43 @@ def test_cpp_large_outputs_reused_across_calls(store_v_seq):
         assert_rel_close(v, v_ref, TOL, f"v, call {call}")
         assert_rel_close(gx, g_ref, TOL, f"grad_x, call {call}")
         del s, v, gx
+
+
+def _run_python(code: str, **env) -> subprocess.CompletedProcess:
+    """``code`` in a fresh interpreter (the extension reads its environment once per process)."""
+    return subprocess.run([sys.executable, "-c", code], env={**os.environ, **env}, capture_output=True, text=True,
+                          timeout=600)
+
+
+LARGE_OUTPUT_CALLS = """
+import torch
+from tks_kernels import lif_multistep, lif_multistep_reference
+x = torch.randn(8, 2**20 + 37, generator=torch.Generator().manual_seed(3)) * 1.5 + 0.3
+s_ref, v_ref = lif_multistep_reference(x, tau=2.0, v_threshold=0.5)
+for call in range(3):
+    s, v = lif_multistep(x, tau=2.0, v_threshold=0.5, backend="cpp")
+    assert torch.equal(s, s_ref), call
+    assert torch.allclose(v, v_ref, rtol=1e-5, atol=1e-6), call
+    del s, v
+print("ok")
+"""
+
+
+@pytest.mark.parametrize("value", ["0", "64"])
+def test_cpp_output_cache_size_from_the_environment(value):
+    """TKS_CPU_OUTPUT_CACHE_MB=0 keeps no freed output (every call maps fresh blocks), 64 fewer
+    than one call frees: the outputs are right either way."""
+    proc = _run_python(LARGE_OUTPUT_CALLS, TKS_CPU_OUTPUT_CACHE_MB=value)
+    assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr[-2000:]
+
+
+@pytest.mark.parametrize("value", ["lots", "-1", "1.5", "99999999999"])
+def test_cpp_output_cache_bad_environment_value_raises(value):
+    code = ("import torch, tks_kernels\n"
+            "try:\n"
+            "    tks_kernels.lif_multistep(torch.randn(2, 3), backend='cpp')\n"
+            "except ValueError as e:\n"
+            "    print(e)\n")
+    proc = _run_python(code, TKS_CPU_OUTPUT_CACHE_MB=value)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert f"TKS_CPU_OUTPUT_CACHE_MB={value!r} is not a size in MiB" in proc.stdout, proc.stdout + proc.stderr[-2000:]

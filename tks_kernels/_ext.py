@@ -8,6 +8,7 @@ the modules in ``_PY_REGISTRATIONS``. Nothing is imported until a backend needs 
 from __future__ import annotations
 
 import importlib
+import os
 import json
 from pathlib import Path
 from typing import Optional
@@ -61,10 +62,26 @@ def _import_error(kind: str, err: ImportError) -> str:
     return f"{module} failed to import ({text}); rebuild it with: {INSTALL_HINT}"
 
 
+OUTPUT_CACHE_ENV = "TKS_CPU_OUTPUT_CACHE_MB"
+
+
+def check_output_cache_env() -> None:
+    """``TKS_CPU_OUTPUT_CACHE_MB``: MiB of freed large CPU outputs the C++ backend keeps for reuse
+    (default 1024, 0 = none; see csrc/lif/lif_binding.h). Read by the extension, checked here."""
+    text = os.environ.get(OUTPUT_CACHE_ENV, "")
+    if text and not (text.isascii() and text.isdigit() and int(text) <= 1 << 24):
+        raise ValueError(
+            f"{OUTPUT_CACHE_ENV}={text!r} is not a size in MiB; set a non-negative integer (e.g. 0 to keep no freed "
+            f"outputs, 256 for at most 256 MiB; default 1024) or unset it"
+        )
+
+
 def load_reason(kind: str) -> Optional[str]:
     """Import the ``kind`` ("cpp" or "cuda") extension once; None when it loaded, else why not."""
     if kind in _load_errors:
         return _load_errors[kind]
+    if kind == "cpp":
+        check_output_cache_env()
     reason = None
     if kind == "cuda":
         reason = load_reason("cpp")  # the op schemas live in _C

@@ -12,6 +12,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstdlib>
 #include <mutex>
 #include <optional>
 #include <string>
@@ -149,13 +150,28 @@ inline void advise_huge_pages(void* data, size_t bytes) {
 //   rounded size reuses it, already faulted in: what glibc does for smaller blocks, and what torch's
 //   CUDA allocator does for all. Cached blocks are madvise(MADV_FREE)d, so under memory pressure
 //   Linux reclaims them instead of swapping (a reclaimed page reads as zero; outputs are written
-//   before they are read, as from at::empty).
+//   before they are read, as from at::empty). TKS_CPU_OUTPUT_CACHE_MB sets the cache's size in MiB
+//   (default 1024; 0 keeps none), read once when the first block is freed.
 // Smaller blocks keep torch's allocator.
 #if defined(__linux__) && defined(MADV_HUGEPAGE) && defined(MADV_FREE)
 #define TKS_LIF_MAPPED_OUTPUTS 1
 constexpr size_t kHugePage = size_t{1} << 21;
 constexpr size_t kMinMappedOutputBytes = size_t{32} << 20;
 constexpr size_t kOutputCacheBytes = size_t{1} << 30;
+
+// The Python loader (tks_kernels._ext) rejects a value that is not a non-negative integer with a
+// ValueError before any op runs; anything else reaching here falls back to the default.
+inline size_t output_cache_limit() {
+  static const size_t limit = [] {
+    const char* text = std::getenv("TKS_CPU_OUTPUT_CACHE_MB");
+    if (text == nullptr || *text == '\0') return kOutputCacheBytes;
+    char* end = nullptr;
+    const unsigned long long mib = std::strtoull(text, &end, 10);
+    if (end == text || *end != '\0' || mib > (size_t{1} << 24)) return kOutputCacheBytes;
+    return static_cast<size_t>(mib) << 20;
+  }();
+  return limit;
+}
 
 struct MappedOutputCache {
   std::mutex mutex;
@@ -179,7 +195,7 @@ inline void release_mapped_output(void* ctx) {
   bool cached = false;
   {
     std::lock_guard<std::mutex> lock(cache.mutex);
-    if (cache.bytes + m->bytes <= kOutputCacheBytes) {
+    if (cache.bytes + m->bytes <= output_cache_limit()) {
       cache.blocks.emplace_back(m->base, m->bytes);
       cache.bytes += m->bytes;
       cached = true;
