@@ -53,8 +53,13 @@ def _register_python_parts() -> None:
         _, _, _, row_max, row_logsum, mask, stats = output
         ctx.save_for_backward(logits, target, row_max, row_logsum, mask, stats)
         ctx.lam, ctx.temperature, ctx.detach_teacher = lam, temperature, detach_teacher
+        # unused outputs' gradients stay None (the op takes them as optional) instead of six
+        # tensors of zeros per call
+        ctx.set_materialize_grads(False)
 
     def backward(ctx, grad_loss, grad_ce, grad_kd, *_grads_of_saved_stats):
+        if grad_loss is None and grad_ce is None and grad_kd is None:
+            return None, None, None, None, None, None
         logits, target, row_max, row_logsum, mask, stats = ctx.saved_tensors
         grad_logits = torch.ops.tks.tks_loss_backward(
             logits, target, row_max, row_logsum, mask, stats, grad_loss, grad_ce, grad_kd,
