@@ -394,6 +394,24 @@ def test_reference_matches_authors_formulation(T, B, C, lam, tau, teacher, detac
     assert_rel_close(tks_loss_reference(z, y, reduction="sum", **kw), alone.sum(), 1e-12, "summed loss")
 
 
+@pytest.mark.parametrize("backend", ["triton", "cpp"])
+@pytest.mark.parametrize("part", ["ce", "kd"])
+def test_gradient_of_one_part_alone(device, backend, part):
+    """Only ce (or kd) reaches the loss: the other outputs get no gradient (None in the backward,
+    never materialised zeros) and the result is the reference's."""
+    if backend == "cpp":
+        cpp_ready()
+        device = "cpu"
+    z, y = make_logits(4, 6, 10, "some", seed=21, device=device)
+    grads = []
+    for b in (backend, "torch"):
+        zz = z.clone().requires_grad_()
+        _, parts = tks_loss(zz, y, lam=0.4, reduction="none", return_parts=True, backend=b)
+        (grad,) = torch.autograd.grad(getattr(parts, part).sum(), zz)
+        grads.append(grad)
+    assert_rel_close(grads[0], grads[1], TOL, f"gradient of {part} alone")
+
+
 def test_parts_mix_into_the_loss(device):
     z, y = make_logits(4, 6, 10, "some", seed=9, device=device)
     for reduction in ("mean", "sum", "none"):
