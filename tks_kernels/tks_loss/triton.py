@@ -110,8 +110,8 @@ def _mean_and_teacher(x, m, T_f, teacher_div, tau):
 
     The forward and the backward both call this, so both see the same bits (no FMA contraction).
     """
-    zbar = tl.div_rn(tl.sum(x, axis=0), T_f)
-    v = tl.div_rn(tl.div_rn(tl.sum(x * m[:, None], axis=0), teacher_div), tau)
+    zbar = tl.math.div_rn(tl.sum(x, axis=0), T_f)
+    v = tl.math.div_rn(tl.math.div_rn(tl.sum(x * m[:, None], axis=0), teacher_div), tau)
     return zbar, v
 
 
@@ -196,7 +196,7 @@ def _tks_loss_forward_kernel(
         u_max = new_max
     zbar_logsum = _log(zbar_sum)
     ce = (zbar_max - zbar_y) + zbar_logsum
-    p_dot_nll_sum = tl.div_rn(u_dot_nll, u_sum)  # Σ_c p_c Σ_t (lse_t − z_{t,c})
+    p_dot_nll_sum = tl.math.div_rn(u_dot_nll, u_sum)  # Σ_c p_c Σ_t (lse_t − z_{t,c})
     kd = kd_scale * p_dot_nll_sum
     tl.store(loss_ptr + b, (1.0 - lam) * ce + lam * kd)
     tl.store(ce_ptr + b, ce)
@@ -206,7 +206,7 @@ def _tks_loss_forward_kernel(
     tl.store(st + 1, zbar_logsum)
     tl.store(st + 2, u_max)
     tl.store(st + 3, _log(u_sum))
-    tl.store(st + 4, tl.div_rn(p_dot_nll_sum, T_f))
+    tl.store(st + 4, tl.math.div_rn(p_dot_nll_sum, T_f))
     tl.store(st + 5, teacher_div)
     tl.store(st + 6, n_sel)
     tl.store(st + 7, 0.0)
@@ -269,9 +269,9 @@ def _tks_loss_backward_kernel(
         g_ce += tl.load(grad_ce_ptr + b * stride_gce).to(tl.float32)
     if HAS_GRAD_KD:
         g_kd += tl.load(grad_kd_ptr + b * stride_gkd).to(tl.float32)
-    coef_ce = tl.div_rn(g_ce, T_f)
+    coef_ce = tl.math.div_rn(g_ce, T_f)
     coef_student = g_kd * kd_scale
-    coef_teacher = tl.div_rn(g_kd * tau, teacher_div) * m  # [BLOCK_T]
+    coef_teacher = tl.math.div_rn(g_kd * tau, teacher_div) * m  # [BLOCK_T]
 
     for c0 in range(0, C, BLOCK_C):
         cols = c0 + c_base
@@ -290,7 +290,7 @@ def _tks_loss_backward_kernel(
         if not DETACH_TEACHER:
             # z̄_c − p·z̄ written as p·N̄ − N̄_c, N̄ = mean_t −log_softmax(z_t): small when the
             # teacher is confident and right, where z̄_c − p·z̄ would cancel large logits
-            nll_bar = tl.div_rn(tl.sum(tl.where(t_valid[:, None], nll, 0.0), axis=0), T_f)
+            nll_bar = tl.math.div_rn(tl.sum(tl.where(t_valid[:, None], nll, 0.0), axis=0), T_f)
             d -= coef_teacher[:, None] * (p * (p_dot_nll - nll_bar))[None, :]
         tl.store(grad_rows + cols[None, :], d.to(grad_logits_ptr.dtype.element_ty),
                  mask=t_valid[:, None] & c_valid[None, :])
