@@ -94,7 +94,7 @@ def run(backend, z, y, seed=1, **kw):
 
             cfg, yy = parse_tks_loss_args(z, y, kw["lam"], kw.get("temperature", 3.0), kw.get("teacher", "sum"),
                                           kw.get("detach_teacher", False), kw.get("reduction", "mean"), True)
-            loss, parts = reduce_outputs(*TKSLossTritonFunction.apply(z, yy, cfg, block_c), z.shape[0], cfg)
+            loss, parts = reduce_outputs(*TKSLossTritonFunction.apply(z, yy, cfg, block_c), z.shape[0], cfg, True)
         else:
             loss, parts = tks_loss(z, y, return_parts=True, backend=backend, **kw)
     g = torch.Generator().manual_seed(seed)
@@ -392,6 +392,26 @@ def test_reference_matches_authors_formulation(T, B, C, lam, tau, teacher, detac
     alone = torch.stack([authors_formulation(z[:, b:b + 1], y[b:b + 1], lam, tau, teacher, detach) for b in range(B)])
     assert_rel_close(per_sample, alone, 1e-12, "per-sample loss")
     assert_rel_close(tks_loss_reference(z, y, reduction="sum", **kw), alone.sum(), 1e-12, "summed loss")
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@pytest.mark.parametrize("backend", ["triton", "cpp"])
+def test_loss_alone_every_reduction(device, backend, reduction):
+    """Without return_parts (the common call): the Triton Function reduces inside, the others after."""
+    if backend == "cpp":
+        cpp_ready()
+        device = "cpu"
+    z, y = make_logits(3, 5, 12, "some", seed=22, device=device)
+    out = []
+    for b in (backend, "torch"):
+        zz = z.clone().requires_grad_()
+        loss = tks_loss(zz, y, lam=0.6, reduction=reduction, backend=b)
+        w = torch.randn(loss.shape, generator=torch.Generator().manual_seed(5)).to(loss.device)
+        (grad,) = torch.autograd.grad((loss * w).sum(), zz)
+        out.append((loss.detach(), grad))
+    assert out[0][0].shape == out[1][0].shape == (() if reduction != "none" else (5,))
+    assert_rel_close(out[0][0], out[1][0], TOL, "loss")
+    assert_rel_close(out[0][1], out[1][1], TOL, "grad")
 
 
 @pytest.mark.parametrize("backend", ["triton", "cpp"])

@@ -258,7 +258,7 @@ def lif_forward_triton(
     v_out = torch.empty(shape if cfg.store_v_seq else shape[1:], dtype=torch.float32, device=x_seq.device)
     h = torch.empty(shape, dtype=torch.float32, device=x_seq.device) if save_h else None
     v_init_c = v_init.contiguous() if v_init is not None else None
-    grid = (triton.cdiv(N, BLOCK),)
+    grid = (-(-N // BLOCK),)  # ceil division in plain Python (triton.cdiv costs ~1.5 us on the host)
     if N > 0:
         _lif_forward_kernel[grid](
             x_rows, v_init_c, decay, spikes, v_out, h,
@@ -281,7 +281,7 @@ def lif_backward_triton(
     device = h.device
     grad_x = torch.empty(h.shape, dtype=x_dtype, device=device)
     grad_v_init = torch.empty(h.shape[1:], dtype=torch.float32, device=device)
-    grid = (triton.cdiv(N, BLOCK),)
+    grid = (-(-N // BLOCK),)  # ceil division in plain Python (triton.cdiv costs ~1.5 us on the host)
     grad_decay_partial = torch.empty(grid[0] if need_grad_decay else 1, dtype=torch.float64, device=device)
     if grad_spikes is not None:
         grad_spikes = grad_spikes.contiguous()

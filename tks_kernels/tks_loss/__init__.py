@@ -80,8 +80,8 @@ def tks_loss(
         logits, target, lam, temperature, teacher, detach_teacher, reduction, return_parts
     )
     backend = check_backend(backend)
-    loss_b, ce_b, kd_b, selected_b = _dispatch(logits, target, cfg, backend)
-    return reduce_outputs(loss_b, ce_b, kd_b, selected_b, logits.shape[0], cfg)
+    loss, ce, kd, selected_b, reduced = _dispatch(logits, target, cfg, backend)
+    return reduce_outputs(loss, ce, kd, selected_b, logits.shape[0], cfg, reduced)
 
 
 def _dispatch(logits: torch.Tensor, target: torch.Tensor, cfg: TKSLossConfig, backend: str):
@@ -92,14 +92,14 @@ def _dispatch(logits: torch.Tensor, target: torch.Tensor, cfg: TKSLossConfig, ba
         )
     name = resolve_backend(backend, logits, "tks_loss", _extension_reason, arg="logits")
     if name == "torch":
-        return tks_loss_reference_per_sample(logits, target, cfg)
+        return (*tks_loss_reference_per_sample(logits, target, cfg), False)
     if name == "triton":
         from .triton import TKSLossTritonFunction
 
-        return TKSLossTritonFunction.apply(logits, target, cfg)
+        return (*TKSLossTritonFunction.apply(logits, target, cfg), True)  # reduced in the Function
     from .cpp import tks_loss_cpp_per_sample
 
-    return tks_loss_cpp_per_sample(logits, target, cfg)
+    return (*tks_loss_cpp_per_sample(logits, target, cfg), False)
 
 
 def tks_lambda(epoch: int, epochs: int, lam_max: float) -> float:

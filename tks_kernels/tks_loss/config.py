@@ -124,18 +124,19 @@ class TKSLossParts(NamedTuple):
     selected: torch.Tensor
 
 
-def reduce_outputs(loss_b, ce_b, kd_b, selected_b, T: int, cfg: TKSLossConfig):
-    """Apply ``cfg.reduction`` to the per-sample ``[B]`` outputs of any backend.
+def reduce_outputs(loss_b, ce_b, kd_b, selected_b, T: int, cfg: TKSLossConfig, reduced: bool = False):
+    """Apply ``cfg.reduction`` to the per-sample ``[B]`` outputs of any backend; with ``reduced``
+    the backend has reduced loss (and, with ``return_parts``, ce and kd) itself.
 
     ``selected_b`` holds the number of selected steps of each sample.
     """
-    if cfg.reduction == "mean":
-        reduce = torch.mean
-    elif cfg.reduction == "sum":
-        reduce = torch.sum
-    else:
+    if reduced or cfg.reduction == "none":
         def reduce(v):
             return v
+    elif cfg.reduction == "mean":
+        reduce = torch.mean
+    else:
+        reduce = torch.sum
     loss = reduce(loss_b)
     if not cfg.return_parts:
         return loss

@@ -217,7 +217,7 @@ def _tks_loss_backward_kernel(
     logits_ptr, target_ptr, row_max_ptr, row_logsum_ptr, mask_ptr, stats_ptr,
     grad_loss_ptr, grad_ce_ptr, grad_kd_ptr, grad_logits_ptr,
     T, C, stride_t, stride_b, gstride_t, gstride_b,
-    stride_gloss, stride_gce, stride_gkd,
+    stride_gloss, stride_gce, stride_gkd, grad_div,
     lam, tau, kd_scale,
     HAS_GRAD_LOSS: tl.constexpr, HAS_GRAD_CE: tl.constexpr, HAS_GRAD_KD: tl.constexpr,
     DETACH_TEACHER: tl.constexpr, ONE_BLOCK: tl.constexpr,
@@ -258,17 +258,18 @@ def _tks_loss_backward_kernel(
             zbar_max = tl.maximum(zbar_max, tl.max(tl.where(c_valid, zbar, float("-inf")), axis=0))
             u_max = tl.maximum(u_max, tl.max(tl.where(c_valid, v, float("-inf")), axis=0))
 
-    # Upstream gradients of the per-sample ce and kd terms (the loss is their λ-mix).
+    # Upstream gradients of the per-sample ce and kd terms (the loss is their λ-mix). A reduced
+    # output's gradient is one value (stride 0), divided by B for "mean" as torch's MeanBackward.
     g_ce = tl.zeros([], dtype=tl.float32)
     g_kd = tl.zeros([], dtype=tl.float32)
     if HAS_GRAD_LOSS:
-        g = tl.load(grad_loss_ptr + b * stride_gloss).to(tl.float32)
+        g = tl.math.div_rn(tl.load(grad_loss_ptr + b * stride_gloss).to(tl.float32), grad_div)
         g_ce += (1.0 - lam) * g
         g_kd += lam * g
     if HAS_GRAD_CE:
-        g_ce += tl.load(grad_ce_ptr + b * stride_gce).to(tl.float32)
+        g_ce += tl.math.div_rn(tl.load(grad_ce_ptr + b * stride_gce).to(tl.float32), grad_div)
     if HAS_GRAD_KD:
-        g_kd += tl.load(grad_kd_ptr + b * stride_gkd).to(tl.float32)
+        g_kd += tl.math.div_rn(tl.load(grad_kd_ptr + b * stride_gkd).to(tl.float32), grad_div)
     coef_ce = tl.math.div_rn(g_ce, T_f)
     coef_student = g_kd * kd_scale
     coef_teacher = tl.math.div_rn(g_kd * tau, teacher_div) * m  # [BLOCK_T]
@@ -296,10 +297,15 @@ def _tks_loss_backward_kernel(
                  mask=t_valid[:, None] & c_valid[None, :])
 
 
+def _next_power_of_2(n: int) -> int:
+    # plain Python: triton.next_power_of_2 is a ConstexprFunction, ~1.5 us a call on the host
+    return 1 << max(n - 1, 0).bit_length()
+
+
 def _blocks(T: int, C: int, block_c: Optional[int]) -> tuple[int, int]:
-    block_t = max(2, triton.next_power_of_2(T))
+    block_t = max(2, _next_power_of_2(T))
     if block_c is None:
-        block_c = max(16, min(triton.next_power_of_2(C), MAX_TILE // block_t))
+        block_c = max(16, min(_next_power_of_2(C), MAX_TILE // block_t))
     return block_t, block_c
 
 
@@ -338,9 +344,10 @@ def tks_loss_forward_triton(
 def tks_loss_backward_triton(
     logits: torch.Tensor, target: torch.Tensor, row_max, row_logsum, mask, stats,
     grad_loss: Optional[torch.Tensor], grad_ce: Optional[torch.Tensor], grad_kd: Optional[torch.Tensor],
-    cfg: TKSLossConfig, block_c: Optional[int] = None,
+    cfg: TKSLossConfig, block_c: Optional[int] = None, grad_div: float = 1.0,
 ) -> torch.Tensor:
-    """Launch the backward. Upstream grads are [B] (any stride, None = zero). Returns dlogits
+    """Launch the backward. Upstream grads are [B] (any stride) or 0-dim (the gradient of a
+    reduced output, divided by ``grad_div``: B for "mean"), None = zero. Returns dlogits
     [T, B, C] in the logits' dtype."""
     T, B, C = logits.shape
     if logits.stride(2) != 1:
@@ -354,14 +361,16 @@ def tks_loss_backward_triton(
     tau = cfg.temperature
 
     def ptr_stride(g):
-        return (g, g.stride(0)) if g is not None else (stats, 0)
+        if g is None:
+            return stats, 0
+        return g, (g.stride(0) if g.dim() else 0)
 
     (gl, sgl), (gce, sgce), (gkd, sgkd) = ptr_stride(grad_loss), ptr_stride(grad_ce), ptr_stride(grad_kd)
     _tks_loss_backward_kernel[(B,)](
         logits, target.contiguous(), row_max, row_logsum, mask, stats,
         gl, gce, gkd, grad_logits,
         T, C, logits.stride(0), logits.stride(1), grad_logits.stride(0), grad_logits.stride(1),
-        sgl, sgce, sgkd,
+        sgl, sgce, sgkd, float(grad_div),
         cfg.lam, tau, tau * tau / T,
         HAS_GRAD_LOSS=grad_loss is not None, HAS_GRAD_CE=grad_ce is not None, HAS_GRAD_KD=grad_kd is not None,
         DETACH_TEACHER=cfg.detach_teacher, ONE_BLOCK=C <= block_c, BLOCK_T=block_t, BLOCK_C=block_c,
@@ -371,8 +380,11 @@ def tks_loss_backward_triton(
 
 
 class TKSLossTritonFunction(torch.autograd.Function):
-    """Autograd over the two Triton launches. Returns per-sample ``(loss_b, ce_b, kd_b,
-    n_selected_b)``, each [B] fp32; the count has no gradient."""
+    """Autograd over the two Triton launches. Returns ``(loss, ce, kd, n_selected_b)``: fp32,
+    per sample [B] for ``reduction="none"``, else reduced to 0-dim here (``ce`` and ``kd`` only
+    with ``return_parts``; per sample otherwise, unused), so that no separate reduction node runs
+    in the backward: at training sizes this op is bound by the host. ``n_selected_b`` [B] has no
+    gradient."""
 
     @staticmethod
     def forward(ctx, logits, target, cfg: TKSLossConfig, block_c: Optional[int] = None):
@@ -382,6 +394,13 @@ class TKSLossTritonFunction(torch.autograd.Function):
         ctx.set_materialize_grads(False)
         n_selected = stats[:, 6]
         ctx.mark_non_differentiable(n_selected)
+        ctx.grad_div = 1.0
+        if cfg.reduction != "none":
+            reduce = torch.mean if cfg.reduction == "mean" else torch.sum
+            ctx.grad_div = float(logits.shape[1]) if cfg.reduction == "mean" else 1.0
+            loss_b = reduce(loss_b)
+            if cfg.return_parts:
+                ce_b, kd_b = reduce(ce_b), reduce(kd_b)
         return loss_b, ce_b, kd_b, n_selected
 
     @staticmethod
@@ -391,6 +410,7 @@ class TKSLossTritonFunction(torch.autograd.Function):
         if grad_loss is None and grad_ce is None and grad_kd is None:
             return None, None, None, None
         grad_logits = tks_loss_backward_triton(
-            logits, target, row_max, row_logsum, mask, stats, grad_loss, grad_ce, grad_kd, ctx.cfg, ctx.block_c
+            logits, target, row_max, row_logsum, mask, stats, grad_loss, grad_ce, grad_kd, ctx.cfg, ctx.block_c,
+            ctx.grad_div,
         )
         return grad_logits, None, None, None
