@@ -222,10 +222,17 @@ def test_auto_falls_back_to_reference_when_cpp_missing(monkeypatch):
         lif_multistep(x, backend="cpp")
 
 
-def test_import_error_messages():
+def test_import_error_messages(monkeypatch):
     missing = ModuleNotFoundError("No module named 'tks_kernels._C_cuda'", name="tks_kernels._C_cuda")
+    # without a build report (the message must not depend on how this checkout was built)
+    monkeypatch.setattr(_ext, "_build_info", lambda: None)
     assert "pip install --no-build-isolation -e ." in _ext._import_error("cuda", missing)
     assert "no CUDA toolkit" in _ext._import_error("cuda", missing)
+    # with the report of an install that skipped the CUDA build
+    monkeypatch.setattr(_ext, "_build_info", lambda: {"cuda": {"built": False, "why": "TKS_SKIP_CUDA_BUILD=1"}})
+    msg = _ext._import_error("cuda", missing)
+    assert "the install skipped it (TKS_SKIP_CUDA_BUILD=1)" in msg and "pip install" in msg
+    monkeypatch.undo()
     stale = ImportError("/x/_C.so: undefined symbol: _ZN3c104impl3cow11cow_deleterEPv")
     msg = _ext._import_error("cpp", stale)
     assert "built for another torch" in msg and "undefined symbol" in msg and "pip install" in msg
