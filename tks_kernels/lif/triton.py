@@ -28,6 +28,9 @@ from .config import LEAK_DIV, LEAK_IF, LEAK_MUL, LIFConfig
 BLOCK = 1024
 NUM_WARPS = 4
 NUM_STAGES = 1
+# No FMA contraction: fp32 spikes equal the reference's bit for bit (tests/test_triton_aot.py
+# checks the compiled PTX).
+COMPILE_OPTIONS = {"enable_fp_fusion": False}
 
 
 @triton.jit
@@ -59,30 +62,32 @@ def _reset(h, spike, v_threshold, v_r, SOFT_RESET: tl.constexpr):
 
 @triton.jit
 def _surrogate_grad(x, alpha, SURROGATE: tl.constexpr):
-    # g'(x) of spikingjelly 2.0.0's surrogates; ids from surrogate.SURROGATES.
+    # g'(x) of spikingjelly 2.0.0's surrogates; ids from surrogate.SURROGATES. Divisions are
+    # rounded to nearest (div_rn), as the CUDA and C++ kernels': Triton's "/" on fp32 compiles to
+    # the approximate div.full.f32 (tests/test_triton_aot.py checks the PTX).
     if SURROGATE == 0:  # sigmoid
-        s = tl.sigmoid(x * alpha)
+        s = tl.math.div_rn(1.0, 1.0 + tl.exp(-(x * alpha)))
         g = (1.0 - s) * s * alpha
     elif SURROGATE == 1:  # atan
         a = alpha * 0.5
         ax = 3.141592653589793 * a * x
-        g = a / (1.0 + ax * ax)
+        g = tl.math.div_rn(a, 1.0 + ax * ax)
     elif SURROGATE == 2:  # piecewise_quadratic
         x_abs = tl.abs(x)
-        g = tl.where(x_abs > 1.0 / alpha, 0.0, -(alpha * alpha) * x_abs + alpha)
+        g = tl.where(x_abs > tl.math.div_rn(1.0, alpha), 0.0, -(alpha * alpha) * x_abs + alpha)
     elif SURROGATE == 3:  # erf
         ax = x * alpha
         g = tl.exp(-(ax * ax)) * (alpha * 0.5641895835477563)
     elif SURROGATE == 4:  # piecewise_exp
         g = alpha * 0.5 * tl.exp(-alpha * tl.abs(x))
     elif SURROGATE == 5:  # soft_sign
-        z = 1.0 / alpha + tl.abs(x)
-        g = 1.0 / (2.0 * alpha * (z * z))
+        z = tl.math.div_rn(1.0, alpha) + tl.abs(x)
+        g = tl.math.div_rn(1.0, 2.0 * alpha * (z * z))
     elif SURROGATE == 6:  # super_spike
         z = tl.abs(x) + 1.0
-        g = alpha / (z * z)
+        g = tl.math.div_rn(alpha, z * z)
     else:  # rect
-        g = tl.where(tl.abs(x) < 0.5 / alpha, alpha, 0.0)
+        g = tl.where(tl.abs(x) < tl.math.div_rn(0.5, alpha), alpha, 0.0)
     return g
 
 
@@ -266,7 +271,7 @@ def lif_forward_triton(
             cfg.tau, cfg.v_threshold, cfg.reset_value,
             HAS_V_INIT=v_init is not None, LEAK=cfg.leak, DECAY_INPUT=cfg.decay_input,
             SOFT_RESET=cfg.soft_reset, STORE_V_SEQ=cfg.store_v_seq, SAVE_H=save_h,
-            BLOCK=BLOCK, NUM_STAGES=NUM_STAGES, num_warps=NUM_WARPS, enable_fp_fusion=False,
+            BLOCK=BLOCK, NUM_STAGES=NUM_STAGES, num_warps=NUM_WARPS, **COMPILE_OPTIONS,
         )
     return spikes, v_out, h
 
@@ -300,7 +305,7 @@ def lif_backward_triton(
             HAS_V_INIT=v_init is not None, LEAK=cfg.leak, DECAY_INPUT=cfg.decay_input,
             SOFT_RESET=cfg.soft_reset, DETACH_RESET=cfg.detach_reset, SURROGATE=cfg.surrogate_id,
             STORE_V_SEQ=cfg.store_v_seq, GRAD_DECAY=need_grad_decay,
-            BLOCK=BLOCK, NUM_STAGES=NUM_STAGES, num_warps=NUM_WARPS, enable_fp_fusion=False,
+            BLOCK=BLOCK, NUM_STAGES=NUM_STAGES, num_warps=NUM_WARPS, **COMPILE_OPTIONS,
         )
     grad_decay = grad_decay_partial.sum().float() if need_grad_decay else None
     if N == 0:

@@ -60,6 +60,8 @@ N_STATS = len(STATS)
 # Elements of one [BLOCK_T, BLOCK_C] tile: at most 16 fp32 values per thread and tile (the
 # backward holds a few tiles of temporaries at once).
 MAX_TILE = 4096
+# No FMA contraction (see "Accuracy" above; tests/test_triton_aot.py checks the compiled PTX).
+COMPILE_OPTIONS = {"enable_fp_fusion": False}
 
 if triton_interpreter_enabled():
     # The interpreter has no libdevice; its tl.exp / tl.log are numpy's, accurate already.
@@ -336,7 +338,7 @@ def tks_loss_forward_triton(
         T, C, logits.stride(0), logits.stride(1),
         cfg.lam, tau, tau * tau / T,
         TEACHER_MEAN=cfg.teacher_mean, ONE_BLOCK=C <= block_c,
-        BLOCK_T=block_t, BLOCK_C=block_c, num_warps=_num_warps(block_t, block_c), enable_fp_fusion=False,
+        BLOCK_T=block_t, BLOCK_C=block_c, num_warps=_num_warps(block_t, block_c), **COMPILE_OPTIONS,
     )
     return loss_b, ce_b, kd_b, row_max, row_logsum, mask, stats
 
@@ -374,7 +376,7 @@ def tks_loss_backward_triton(
         cfg.lam, tau, tau * tau / T,
         HAS_GRAD_LOSS=grad_loss is not None, HAS_GRAD_CE=grad_ce is not None, HAS_GRAD_KD=grad_kd is not None,
         DETACH_TEACHER=cfg.detach_teacher, ONE_BLOCK=C <= block_c, BLOCK_T=block_t, BLOCK_C=block_c,
-        num_warps=_num_warps(block_t, block_c), enable_fp_fusion=False,
+        num_warps=_num_warps(block_t, block_c), **COMPILE_OPTIONS,
     )
     return grad_logits.to(logits.dtype) if interpreter_bf16 else grad_logits
 
