@@ -394,24 +394,32 @@ def test_reference_matches_authors_formulation(T, B, C, lam, tau, teacher, detac
     assert_rel_close(tks_loss_reference(z, y, reduction="sum", **kw), alone.sum(), 1e-12, "summed loss")
 
 
+def fused_and_torch(backend, device, T, B, C, seed, output):
+    """``output(logits, target, backend)`` -> (value, gradient), for ``backend`` and for "torch"
+    on the same logits (the cpp backend on the CPU)."""
+    if backend == "cpp":
+        cpp_ready()
+        device = "cpu"
+    z, y = make_logits(T, B, C, "some", seed=seed, device=device)
+    results = []
+    for b in (backend, "torch"):
+        zz = z.clone().requires_grad_()
+        value = output(zz, y, b)
+        (grad,) = torch.autograd.grad((value * torch.linspace(0.5, 1.5, value.numel()).view(value.shape)
+                                       .to(value.device)).sum(), zz)
+        results.append((value.detach(), grad))
+    return results
+
+
 @pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
 @pytest.mark.parametrize("backend", ["triton", "cpp"])
 def test_loss_alone_every_reduction(device, backend, reduction):
     """Without return_parts (the common call): the Triton Function reduces inside, the others after."""
-    if backend == "cpp":
-        cpp_ready()
-        device = "cpu"
-    z, y = make_logits(3, 5, 12, "some", seed=22, device=device)
-    out = []
-    for b in (backend, "torch"):
-        zz = z.clone().requires_grad_()
-        loss = tks_loss(zz, y, lam=0.6, reduction=reduction, backend=b)
-        w = torch.randn(loss.shape, generator=torch.Generator().manual_seed(5)).to(loss.device)
-        (grad,) = torch.autograd.grad((loss * w).sum(), zz)
-        out.append((loss.detach(), grad))
-    assert out[0][0].shape == out[1][0].shape == (() if reduction != "none" else (5,))
-    assert_rel_close(out[0][0], out[1][0], TOL, "loss")
-    assert_rel_close(out[0][1], out[1][1], TOL, "grad")
+    (loss, grad), (loss_ref, grad_ref) = fused_and_torch(
+        backend, device, 3, 5, 12, 22, lambda z, y, b: tks_loss(z, y, lam=0.6, reduction=reduction, backend=b))
+    assert loss.shape == loss_ref.shape == (() if reduction != "none" else (5,))
+    assert_rel_close(loss, loss_ref, TOL, "loss")
+    assert_rel_close(grad, grad_ref, TOL, "grad")
 
 
 @pytest.mark.parametrize("backend", ["triton", "cpp"])
@@ -419,17 +427,12 @@ def test_loss_alone_every_reduction(device, backend, reduction):
 def test_gradient_of_one_part_alone(device, backend, part):
     """Only ce (or kd) reaches the loss: the other outputs get no gradient (None in the backward,
     never materialised zeros) and the result is the reference's."""
-    if backend == "cpp":
-        cpp_ready()
-        device = "cpu"
-    z, y = make_logits(4, 6, 10, "some", seed=21, device=device)
-    grads = []
-    for b in (backend, "torch"):
-        zz = z.clone().requires_grad_()
-        _, parts = tks_loss(zz, y, lam=0.4, reduction="none", return_parts=True, backend=b)
-        (grad,) = torch.autograd.grad(getattr(parts, part).sum(), zz)
-        grads.append(grad)
-    assert_rel_close(grads[0], grads[1], TOL, f"gradient of {part} alone")
+    def output(z, y, b):
+        _, parts = tks_loss(z, y, lam=0.4, reduction="none", return_parts=True, backend=b)
+        return getattr(parts, part)
+
+    (_, grad), (_, grad_ref) = fused_and_torch(backend, device, 4, 6, 10, 21, output)
+    assert_rel_close(grad, grad_ref, TOL, f"gradient of {part} alone")
 
 
 def test_parts_mix_into_the_loss(device):
