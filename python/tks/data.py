@@ -18,7 +18,8 @@ steps (direct encoding: the analog image is the input current at every step). Ev
   ``data_dir/cache/`` so only the first epoch bins events. Split: 90/10 per class (a fixed shuffle,
   the same for every run). Train augmentation: horizontal flip and a random shift of up to 4 pixels.
   Folders (tonic's layout, where ``download=True`` puts them):
-  ``data_dir/CIFAR10DVS/<class>/*.aedat4`` (tonic's release; reading needs ``pip install aedat``)
+  ``data_dir/CIFAR10DVS/<class>/*.aedat4`` (tonic's release; read with the aedat package, a
+  ``train`` extra)
   or ``*.npz`` with arrays ``t, x, y, p`` (spikingjelly's converted ``events_np``), and
   ``data_dir/NCALTECH101/Caltech101/<class>/*.bin``.
 """
