@@ -48,6 +48,7 @@ from typing import Optional
 import torch
 import triton
 import triton.language as tl
+from triton.language.extra import libdevice
 from torch.autograd.function import once_differentiable
 
 from .._backends import triton_interpreter_enabled
@@ -63,25 +64,25 @@ MAX_TILE = 4096
 # No FMA contraction (see "Accuracy" above; tests/test_triton_aot.py checks the compiled PTX).
 COMPILE_OPTIONS = {"enable_fp_fusion": False}
 
-if triton_interpreter_enabled():
-    # The interpreter has no libdevice; its tl.exp / tl.log are numpy's, accurate already.
-    @triton.jit
-    def _exp(x):
+# exp / log from libdevice on the GPU; the interpreter has no libdevice, and its tl.exp / tl.log
+# are numpy's, accurate already. A constexpr, so the branch not taken is never compiled.
+_LIBDEVICE = tl.constexpr(not triton_interpreter_enabled())
+
+
+@triton.jit
+def _exp(x):
+    if _LIBDEVICE:
+        return libdevice.exp(x)
+    else:
         return tl.exp(x)
 
-    @triton.jit
-    def _log(x):
-        return tl.log(x)
-else:
-    from triton.language.extra import libdevice
 
-    @triton.jit
-    def _exp(x):
-        return libdevice.exp(x)
-
-    @triton.jit
-    def _log(x):
+@triton.jit
+def _log(x):
+    if _LIBDEVICE:
         return libdevice.log(x)
+    else:
+        return tl.log(x)
 
 
 def _num_warps(block_t: int, block_c: int) -> int:
