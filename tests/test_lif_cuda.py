@@ -224,6 +224,46 @@ def test_cuda_runs_on_the_current_stream():
 
 
 @needs_gpu
+@pytest.mark.parametrize("backend", ["cuda", "triton"])
+def test_fwd_bwd_in_a_cuda_graph(backend):
+    """Forward and backward (with a learnable leak) capture into one CUDA graph and replay on new
+    inputs exactly as eager calls compute them: no host sync and no allocation outside the pool."""
+    x0, v_init, leak_kw = make_case((5, 3, 1000), torch.float32, "cuda", "decay_tensor")
+    static_x = x0.detach().clone().requires_grad_(True)
+    decay = leak_kw["decay"]
+    w = torch.randn(x0.shape, device="cuda", generator=torch.Generator("cuda").manual_seed(3))
+
+    def step(x):
+        spikes, v = lif_multistep(x, decay=decay, v_threshold=0.6, backend=backend)
+        ((spikes * w).sum() + v.sum()).backward()
+        return spikes, v
+
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):  # warm up (compiles, loads) outside the capture
+        for _ in range(2):
+            step(static_x)
+            static_x.grad, decay.grad = None, None
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        static_spikes, static_v = step(static_x)
+    graph_grad_x, graph_grad_decay = static_x.grad, decay.grad  # buffers of the graph's pool
+    for seed in (11, 12):
+        x_new = torch.randn(x0.shape, device="cuda", generator=torch.Generator("cuda").manual_seed(seed)) + 0.4
+        with torch.no_grad():
+            static_x.copy_(x_new)
+        graph.replay()
+        ref_x = x_new.clone().requires_grad_(True)
+        decay.grad = None
+        ref_spikes, ref_v = step(ref_x)
+        assert_equal(static_spikes, ref_spikes.detach(), "replayed spikes")
+        assert_equal(static_v, ref_v.detach(), "replayed v")
+        assert_equal(graph_grad_x, ref_x.grad, "replayed grad_x")
+        assert_equal(graph_grad_decay, decay.grad, "replayed grad of the leak")
+
+
+@needs_gpu
 def test_cuda_auto_backend_picks_cuda():
     from tks_kernels._backends import resolve_backend
 
