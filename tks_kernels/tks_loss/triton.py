@@ -404,6 +404,8 @@ class TKSLossTritonFunction(torch.autograd.Function):
             loss_b = reduce(loss_b)
             if cfg.return_parts:
                 ce_b, kd_b = reduce(ce_b), reduce(kd_b)
+            else:  # per sample and unused: they must never bring a [B] gradient that grad_div would scale
+                ctx.mark_non_differentiable(ce_b, kd_b)
         return loss_b, ce_b, kd_b, n_selected
 
     @staticmethod
