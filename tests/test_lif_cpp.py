@@ -21,7 +21,14 @@ from test_lif import (GRID, LEAKS, RESETS, SJ_GRID, TOL, check_low_precision, ch
 
 ROOT = Path(__file__).resolve().parents[1]
 CPP_REASON = _ext.load_reason("cpp")
-pytestmark = pytest.mark.skipif(CPP_REASON is not None, reason=f"backend='cpp' unavailable: {CPP_REASON}")
+
+
+@pytest.fixture(autouse=True)
+def _cpp_built():
+    """Every install builds the C++ extension: when it does not load, each test here fails with the
+    reason (a skip would hide a broken install)."""
+    if CPP_REASON is not None:
+        pytest.fail(f"backend='cpp' unavailable: {CPP_REASON}")
 CPU = "cpu"
 
 

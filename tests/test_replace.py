@@ -14,7 +14,7 @@ import tks
 from _utils import assert_equal, assert_rel_close
 from test_neuron import run_without_spikingjelly
 
-pytest.importorskip("spikingjelly.activation_based", reason="replace_neurons converts spikingjelly 2.0.0 models")
+# spikingjelly 2.0.0 is a test dependency: imported, never skipped
 from spikingjelly.activation_based import functional, layer, neuron, surrogate  # noqa: E402
 from spikingjelly.activation_based.model import parametric_lif_net, spiking_vgg  # noqa: E402
 
