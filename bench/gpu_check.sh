@@ -3,8 +3,8 @@
 # machine that has torch, triton and nvcc but no network (see bench/README.md, "GPU sessions").
 #   bash bench/gpu_check.sh PHASE [OUT_DIR]
 # Phases, in order (setup first; the build stays in the working tree for the later phases):
-#   setup          pip-install the wheels in ./.whl (spikingjelly 2.0.0, pytest and their
-#                  dependencies, fetched beforehand with `pip download -d .whl ...`) into
+#   setup          pip-install the wheels in ./.whl (spikingjelly 2.0.0, pytest, tqdm, matplotlib and
+#                  their dependencies, fetched beforehand: bench/README.md, "GPU sessions") into
 #                  /tmp/site, and build both extensions in place for this GPU's architecture
 #   tests-kernels  tests/test_lif.py, test_lif_cpp.py, test_lif_cuda.py, test_tks_loss.py
 #   tests-models   the module, replacement, model, training and evaluation tests
