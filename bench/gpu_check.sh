@@ -29,8 +29,15 @@ run_tests() {
 
 case "$phase" in
     setup)
-        "$PYTHON" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
-            .whl/*.whl || exit $?
+        pip_target=("$PYTHON" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade
+                    --target /tmp/site)
+        "${pip_target[@]}" .whl/*-none-any.whl || exit $?
+        # compiled wheels are for one Python: one that does not fit this machine is left out (with
+        # the machine's own package, if it has one)
+        for wheel in .whl/*-cp*.whl; do
+            [ -e "$wheel" ] || continue
+            "${pip_target[@]}" "$wheel" 2>/dev/null || echo "left out $wheel (not for this Python)"
+        done
         nvidia-smi --query-gpu=name,compute_cap,memory.total --format=csv | tee "$out/gpu.txt"
         arch="$("$PYTHON" -c 'import torch; print("%d.%d" % torch.cuda.get_device_capability())')"
         CUDA_HOME="${CUDA_HOME:-/usr/local/cuda}" TKS_FORCE_CUDA_BUILD=1 TKS_CUDA_ARCHS="$arch" \
