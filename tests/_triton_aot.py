@@ -59,11 +59,10 @@ def lif_variants(capability):
 
 
 def loss_variants(capability):
-    fwd_sig = dict(logits_ptr=F32, target_ptr=I64, loss_ptr=F32, ce_ptr=F32, kd_ptr=F32, row_max_ptr=F32,
-                   row_logsum_ptr=F32, mask_ptr=F32, stats_ptr=F32, T="i32", C="i32", stride_t="i64",
-                   stride_b="i64", lam="fp32", tau="fp32", kd_scale="fp32")
-    bwd_sig = dict(logits_ptr=F32, target_ptr=I64, row_max_ptr=F32, row_logsum_ptr=F32, mask_ptr=F32,
-                   stats_ptr=F32, grad_loss_ptr=F32, grad_ce_ptr=F32, grad_kd_ptr=F32, grad_logits_ptr=F32,
+    fwd_sig = dict(logits_ptr=F32, target_ptr=I64, loss_ptr=F32, ce_ptr=F32, kd_ptr=F32, saved_ptr=F32,
+                   T="i32", C="i32", stride_t="i64", stride_b="i64", lam="fp32", tau="fp32", kd_scale="fp32")
+    bwd_sig = dict(logits_ptr=F32, target_ptr=I64, saved_ptr=F32,
+                   grad_loss_ptr=F32, grad_ce_ptr=F32, grad_kd_ptr=F32, grad_logits_ptr=F32,
                    T="i32", C="i32", stride_t="i64", stride_b="i64", gstride_t="i64", gstride_b="i64",
                    stride_gloss="i64", stride_gce="i64", stride_gkd="i64", grad_div="fp32",
                    lam="fp32", tau="fp32", kd_scale="fp32")

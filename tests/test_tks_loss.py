@@ -515,6 +515,47 @@ def test_cpp_under_torch_compile():
     assert_rel_close(z1.grad, z2.grad, TOL, "compiled grad")
 
 
+TRITON_COMPILE_CASES = [dict(reduction="mean"), dict(reduction="none", teacher="mean"),
+                        dict(reduction="sum", return_parts=True, detach_teacher=True)]
+
+
+@pytest.mark.parametrize("kw", TRITON_COMPILE_CASES, ids=["mean", "none-teacher_mean", "sum-parts-detached"])
+def test_triton_under_torch_compile_fullgraph(device, kw):
+    """torch.compile(fullgraph=True) keeps the Triton loss whole through its custom ops
+    (tks_triton::tks_loss_forward / backward): the same values and gradients as the eager call."""
+    z, y = make_logits(4, 6, 10, "some", seed=31, device=device)
+    w = torch.linspace(0.5, 1.5, 6, device=device)
+
+    def total(logits):
+        out = tks_loss(logits, y, lam=0.5, backend="triton", **kw)
+        if isinstance(out, tuple):
+            loss, parts = out
+            return loss.sum() + 0.5 * parts.ce.sum() + 0.25 * parts.kd.sum()
+        return (out * w).sum() if out.dim() else out
+
+    compiled = torch.compile(total, backend="aot_eager", fullgraph=True)
+    z1, z2 = z.clone().requires_grad_(), z.clone().requires_grad_()
+    value = compiled(z1)
+    value.backward()
+    ref = total(z2)
+    ref.backward()
+    assert_rel_close(value.detach(), ref.detach(), 1e-6, "compiled value")
+    assert_rel_close(z1.grad, z2.grad, 1e-6, "compiled grad")
+
+
+@pytest.mark.parametrize("reduction,return_parts", [("mean", False), ("none", True), ("sum", True)])
+def test_triton_op_registration(device, reduction, return_parts):
+    """Schema, fake implementation, autograd registration of the ops torch.compile uses."""
+    z, y = make_logits(4, 5, 7, "some", device=device)
+    z.requires_grad_()
+    torch.library.opcheck(torch.ops.tks_triton.tks_loss_forward.default,
+                          (z, y, 0.3, 3.0, "sum", False, reduction, return_parts, 0))
+    saved = torch.ops.tks_triton.tks_loss_forward(z.detach(), y, 0.3, 3.0, "mean", False, "none", False, 0)[3]
+    g = torch.randn(5, device=device)
+    torch.library.opcheck(torch.ops.tks_triton.tks_loss_backward.default,
+                          (z.detach(), y, saved, torch.ones(5, device=device), None, g, 0.3, 3.0, False, 1.0, 0))
+
+
 @pytest.mark.parametrize("backend", ["triton", "cpp"])
 def test_double_backward_raises(device, backend):
     if backend == "cpp":

@@ -94,9 +94,9 @@ def _dispatch(logits: torch.Tensor, target: torch.Tensor, cfg: TKSLossConfig, ba
     if name == "torch":
         return (*tks_loss_reference_per_sample(logits, target, cfg), False)
     if name == "triton":
-        from .triton import TKSLossTritonFunction
+        from .triton import tks_loss_triton
 
-        return (*TKSLossTritonFunction.apply(logits, target, cfg), True)  # reduced in the Function
+        return (*tks_loss_triton(logits, target, cfg), True)  # reduced with the kernels
     from .cpp import tks_loss_cpp_per_sample
 
     return (*tks_loss_cpp_per_sample(logits, target, cfg), False)

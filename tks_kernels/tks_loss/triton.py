@@ -118,16 +118,24 @@ def _mean_and_teacher(x, m, T_f, teacher_div, tau):
     return zbar, v
 
 
+@triton.jit
+def _saved_parts(saved_ptr, T):
+    """Pointers to the saved buffer's parts: row_max, row_logsum, mask [B, T], then stats [B, 8]
+    (one program per sample, so B is the number of programs)."""
+    bt = tl.num_programs(0).to(tl.int64) * T
+    return saved_ptr, saved_ptr + bt, saved_ptr + 2 * bt, saved_ptr + 3 * bt
+
+
 @triton.jit(do_not_specialize=["T"])  # T = 1 must not become a constant (T.to below, and one binary)
 def _tks_loss_forward_kernel(
-    logits_ptr, target_ptr,
-    loss_ptr, ce_ptr, kd_ptr, row_max_ptr, row_logsum_ptr, mask_ptr, stats_ptr,
+    logits_ptr, target_ptr, loss_ptr, ce_ptr, kd_ptr, saved_ptr,
     T, C, stride_t, stride_b,
     lam, tau, kd_scale,
     TEACHER_MEAN: tl.constexpr, ONE_BLOCK: tl.constexpr,
     BLOCK_T: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
     b = tl.program_id(0).to(tl.int64)
+    row_max_ptr, row_logsum_ptr, mask_ptr, stats_ptr = _saved_parts(saved_ptr, T)
     t_idx = tl.arange(0, BLOCK_T)
     t_valid = t_idx < T
     T_f = T.to(tl.float32)
@@ -217,7 +225,7 @@ def _tks_loss_forward_kernel(
 
 @triton.jit(do_not_specialize=["T"])
 def _tks_loss_backward_kernel(
-    logits_ptr, target_ptr, row_max_ptr, row_logsum_ptr, mask_ptr, stats_ptr,
+    logits_ptr, target_ptr, saved_ptr,
     grad_loss_ptr, grad_ce_ptr, grad_kd_ptr, grad_logits_ptr,
     T, C, stride_t, stride_b, gstride_t, gstride_b,
     stride_gloss, stride_gce, stride_gkd, grad_div,
@@ -227,6 +235,7 @@ def _tks_loss_backward_kernel(
     BLOCK_T: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
     b = tl.program_id(0).to(tl.int64)
+    row_max_ptr, row_logsum_ptr, mask_ptr, stats_ptr = _saved_parts(saved_ptr, T)
     t_idx = tl.arange(0, BLOCK_T)
     t_valid = t_idx < T
     T_f = T.to(tl.float32)
@@ -317,9 +326,10 @@ def tks_loss_forward_triton(
 ) -> tuple[torch.Tensor, ...]:
     """Launch the forward on ``logits`` [T, B, C] (class dim contiguous) and int64 ``target`` [B].
 
-    Returns ``(loss_b, ce_b, kd_b, row_max, row_logsum, mask, stats)``: three fp32 [B], three
-    fp32 [B, T] and fp32 [B, 8]. ``block_c`` overrides the class block (tests use it to
-    exercise the multi-block path on small C).
+    Returns ``(loss_b, ce_b, kd_b, saved)``: three fp32 [B] and the fp32 [B·(3T + 8)] buffer of
+    what the backward needs: per-step max, log-sum-exp offset and mask as [B, T] each, then the
+    [B, 8] ``STATS``. ``block_c`` overrides the class block (tests use it to exercise the
+    multi-block path on small C).
     """
     T, B, C = logits.shape
     if logits.stride(2) != 1:
@@ -329,29 +339,31 @@ def tks_loss_forward_triton(
     # what the backward needs, in one allocation (fewer host calls: at training sizes this op is
     # bound by the host, not the GPU)
     saved = torch.empty(B * (3 * T + N_STATS), dtype=torch.float32, device=dev)
-    row_max, row_logsum, mask = saved[: 3 * B * T].view(3, B, T).unbind(0)
-    stats = saved[3 * B * T:].view(B, N_STATS)
     block_t, block_c = _blocks(T, C, block_c)
     tau = cfg.temperature
     _tks_loss_forward_kernel[(B,)](
-        logits, target.contiguous(),
-        loss_b, ce_b, kd_b, row_max, row_logsum, mask, stats,
+        logits, target.contiguous(), loss_b, ce_b, kd_b, saved,
         T, C, logits.stride(0), logits.stride(1),
         cfg.lam, tau, tau * tau / T,
         TEACHER_MEAN=cfg.teacher_mean, ONE_BLOCK=C <= block_c,
         BLOCK_T=block_t, BLOCK_C=block_c, num_warps=_num_warps(block_t, block_c), **COMPILE_OPTIONS,
     )
-    return loss_b, ce_b, kd_b, row_max, row_logsum, mask, stats
+    return loss_b, ce_b, kd_b, saved
+
+
+def _n_selected(saved: torch.Tensor, T: int, B: int) -> torch.Tensor:
+    """The per-sample count of selected steps, a [B] view of ``saved`` (stats column 6)."""
+    return saved[3 * B * T:].view(B, N_STATS)[:, 6]
 
 
 def tks_loss_backward_triton(
-    logits: torch.Tensor, target: torch.Tensor, row_max, row_logsum, mask, stats,
+    logits: torch.Tensor, target: torch.Tensor, saved: torch.Tensor,
     grad_loss: Optional[torch.Tensor], grad_ce: Optional[torch.Tensor], grad_kd: Optional[torch.Tensor],
     cfg: TKSLossConfig, block_c: Optional[int] = None, grad_div: float = 1.0,
 ) -> torch.Tensor:
-    """Launch the backward. Upstream grads are [B] (any stride) or 0-dim (the gradient of a
-    reduced output, divided by ``grad_div``: B for "mean"), None = zero. Returns dlogits
-    [T, B, C] in the logits' dtype."""
+    """Launch the backward from the forward's ``saved`` buffer. Upstream grads are [B] (any
+    stride) or 0-dim (the gradient of a reduced output, divided by ``grad_div``: B for "mean"),
+    None = zero. Returns dlogits [T, B, C] in the logits' dtype."""
     T, B, C = logits.shape
     if logits.stride(2) != 1:
         logits = logits.contiguous()
@@ -365,12 +377,12 @@ def tks_loss_backward_triton(
 
     def ptr_stride(g):
         if g is None:
-            return stats, 0
+            return saved, 0  # any valid pointer: the kernel does not read it
         return g, (g.stride(0) if g.dim() else 0)
 
     (gl, sgl), (gce, sgce), (gkd, sgkd) = ptr_stride(grad_loss), ptr_stride(grad_ce), ptr_stride(grad_kd)
     _tks_loss_backward_kernel[(B,)](
-        logits, target.contiguous(), row_max, row_logsum, mask, stats,
+        logits, target.contiguous(), saved,
         gl, gce, gkd, grad_logits,
         T, C, logits.stride(0), logits.stride(1), grad_logits.stride(0), grad_logits.stride(1),
         sgl, sgce, sgkd, float(grad_div),
@@ -382,6 +394,18 @@ def tks_loss_backward_triton(
     return grad_logits.to(logits.dtype) if interpreter_bf16 else grad_logits
 
 
+def _reduce(cfg: TKSLossConfig, loss_b, ce_b, kd_b):
+    """``cfg.reduction`` of the loss (and, with ``return_parts``, of ce and kd), and the divisor
+    the backward applies to their one upstream value."""
+    if cfg.reduction == "none":
+        return loss_b, ce_b, kd_b, 1.0
+    reduce = torch.mean if cfg.reduction == "mean" else torch.sum
+    grad_div = float(loss_b.shape[0]) if cfg.reduction == "mean" else 1.0
+    if cfg.return_parts:
+        ce_b, kd_b = reduce(ce_b), reduce(kd_b)
+    return reduce(loss_b), ce_b, kd_b, grad_div
+
+
 class TKSLossTritonFunction(torch.autograd.Function):
     """Autograd over the two Triton launches. Returns ``(loss, ce, kd, n_selected_b)``: fp32,
     per sample [B] for ``reduction="none"``, else reduced to 0-dim here (``ce`` and ``kd`` only
@@ -391,31 +415,105 @@ class TKSLossTritonFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, logits, target, cfg: TKSLossConfig, block_c: Optional[int] = None):
-        loss_b, ce_b, kd_b, row_max, row_logsum, mask, stats = tks_loss_forward_triton(logits, target, cfg, block_c)
-        ctx.save_for_backward(logits, target, row_max, row_logsum, mask, stats)
+        loss_b, ce_b, kd_b, saved = tks_loss_forward_triton(logits, target, cfg, block_c)
+        ctx.save_for_backward(logits, target, saved)
         ctx.cfg, ctx.block_c = cfg, block_c
         ctx.set_materialize_grads(False)
-        n_selected = stats[:, 6]
+        n_selected = _n_selected(saved, logits.shape[0], logits.shape[1])
         ctx.mark_non_differentiable(n_selected)
-        ctx.grad_div = 1.0
-        if cfg.reduction != "none":
-            reduce = torch.mean if cfg.reduction == "mean" else torch.sum
-            ctx.grad_div = float(logits.shape[1]) if cfg.reduction == "mean" else 1.0
-            loss_b = reduce(loss_b)
-            if cfg.return_parts:
-                ce_b, kd_b = reduce(ce_b), reduce(kd_b)
-            else:  # per sample and unused: they must never bring a [B] gradient that grad_div would scale
-                ctx.mark_non_differentiable(ce_b, kd_b)
-        return loss_b, ce_b, kd_b, n_selected
+        loss, ce, kd, ctx.grad_div = _reduce(cfg, loss_b, ce_b, kd_b)
+        if cfg.reduction != "none" and not cfg.return_parts:
+            # per sample and unused: they must never bring a [B] gradient that grad_div would scale
+            ctx.mark_non_differentiable(ce, kd)
+        return loss, ce, kd, n_selected
 
     @staticmethod
     @once_differentiable  # the Triton backward is not itself differentiable: double backward raises
     def backward(ctx, grad_loss, grad_ce, grad_kd, _grad_n):
-        logits, target, row_max, row_logsum, mask, stats = ctx.saved_tensors
+        logits, target, saved = ctx.saved_tensors
         if grad_loss is None and grad_ce is None and grad_kd is None:
             return None, None, None, None
         grad_logits = tks_loss_backward_triton(
-            logits, target, row_max, row_logsum, mask, stats, grad_loss, grad_ce, grad_kd, ctx.cfg, ctx.block_c,
-            ctx.grad_div,
+            logits, target, saved, grad_loss, grad_ce, grad_kd, ctx.cfg, ctx.block_c, ctx.grad_div
         )
         return grad_logits, None, None, None
+
+
+# The same two launches as torch custom ops, for torch.compile: dynamo keeps an op opaque (its
+# fake implementation gives the shapes), where it would try to trace the Function's Triton
+# launches. Eager calls keep the Function, which costs less host time per call.
+@torch.library.custom_op("tks_triton::tks_loss_forward", mutates_args=())
+def _forward_op(logits: torch.Tensor, target: torch.Tensor, lam: float, temperature: float, teacher: str,
+                detach_teacher: bool, reduction: str, return_parts: bool, block_c: int
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    cfg = TKSLossConfig(lam, temperature, teacher, detach_teacher, reduction, return_parts)
+    loss_b, ce_b, kd_b, saved = tks_loss_forward_triton(logits, target, cfg, block_c or None)
+    loss, ce, kd, _ = _reduce(cfg, loss_b, ce_b, kd_b)
+    return loss, ce, kd, saved
+
+
+@_forward_op.register_fake
+def _forward_fake(logits, target, lam, temperature, teacher, detach_teacher, reduction, return_parts, block_c):
+    T, B, _ = logits.shape
+    f32 = dict(dtype=torch.float32, device=logits.device)
+    reduced = reduction != "none"
+    part_shape = () if reduced and return_parts else (B,)
+    return (logits.new_empty(() if reduced else (B,), **f32), logits.new_empty(part_shape, **f32),
+            logits.new_empty(part_shape, **f32), logits.new_empty((B * (3 * T + N_STATS),), **f32))
+
+
+@torch.library.custom_op("tks_triton::tks_loss_backward", mutates_args=())
+def _backward_op(logits: torch.Tensor, target: torch.Tensor, saved: torch.Tensor, grad_loss: Optional[torch.Tensor],
+                 grad_ce: Optional[torch.Tensor], grad_kd: Optional[torch.Tensor], lam: float, temperature: float,
+                 detach_teacher: bool, grad_div: float, block_c: int) -> torch.Tensor:
+    cfg = TKSLossConfig(lam, temperature, "sum", detach_teacher, "none", False)  # the teacher mode is in saved
+    return tks_loss_backward_triton(logits, target, saved, grad_loss, grad_ce, grad_kd, cfg, block_c or None,
+                                    grad_div)
+
+
+@_backward_op.register_fake
+def _backward_fake(logits, target, saved, grad_loss, grad_ce, grad_kd, lam, temperature, detach_teacher, grad_div,
+                   block_c):
+    return torch.empty_like(logits, memory_format=torch.contiguous_format)
+
+
+def _op_setup_context(ctx, inputs, output):
+    logits, target, lam, temperature, _teacher, detach_teacher, reduction, _parts, block_c = inputs
+    ctx.save_for_backward(logits, target, output[3])
+    ctx.lam, ctx.temperature, ctx.detach_teacher, ctx.block_c = lam, temperature, detach_teacher, block_c
+    ctx.grad_div = float(logits.shape[1]) if reduction == "mean" else 1.0
+    ctx.set_materialize_grads(False)
+
+
+def _op_backward(ctx, grad_loss, grad_ce, grad_kd, _grad_saved):
+    none = (None,) * 9
+    if grad_loss is None and grad_ce is None and grad_kd is None:
+        return none
+    logits, target, saved = ctx.saved_tensors
+    grad = _backward_op(logits, target, saved, grad_loss, grad_ce, grad_kd, ctx.lam, ctx.temperature,
+                        ctx.detach_teacher, ctx.grad_div, ctx.block_c)
+    return (grad,) + none[1:]
+
+
+def _no_double_backward(ctx, grad_grad_logits):
+    raise RuntimeError("tks_loss: the triton backend has no double backward (create_graph=True); use backend='torch'")
+
+
+def _backward_setup_context(ctx, inputs, output):
+    pass
+
+
+_forward_op.register_autograd(_op_backward, setup_context=_op_setup_context)
+# explicit, so a double backward raises instead of silently dropping the second-order terms
+_backward_op.register_autograd(_no_double_backward, setup_context=_backward_setup_context)
+
+
+def tks_loss_triton(logits: torch.Tensor, target: torch.Tensor, cfg: TKSLossConfig, block_c: Optional[int] = None):
+    """``(loss, ce, kd, n_selected_b)`` as ``TKSLossTritonFunction``; under torch.compile through
+    the custom ops instead."""
+    if not torch.compiler.is_compiling():
+        return TKSLossTritonFunction.apply(logits, target, cfg, block_c)
+    loss, ce, kd, saved = torch.ops.tks_triton.tks_loss_forward(
+        logits, target, cfg.lam, cfg.temperature, cfg.teacher, cfg.detach_teacher, cfg.reduction, cfg.return_parts,
+        block_c or 0)
+    return loss, ce, kd, _n_selected(saved, logits.shape[0], logits.shape[1])
