@@ -182,6 +182,72 @@ def test_triton_new_T_does_not_recompile():
     assert n_compiled() == before
 
 
+TRITON_COMPILE_CASES = {
+    "lif": dict(tau=2.0),
+    "if-soft": dict(tau=None, v_reset=None),
+    "decay-seq": dict(decay=0.4, store_v_seq=True),
+    "tau_tensor-rect": dict(tau=2.5, tau_tensor=True, surrogate="rect", detach_reset=True),
+}
+
+
+@pytest.mark.parametrize("case", list(TRITON_COMPILE_CASES))
+def test_triton_under_torch_compile_fullgraph(device, case):
+    """torch.compile(fullgraph=True) keeps the Triton LIF whole through its custom ops
+    (tks_triton::lif_forward / backward, the C++ ops' schemas): the same spikes, v and gradients
+    (input, v_init and a learnable leak) as the eager call."""
+    kw = dict(TRITON_COMPILE_CASES[case])
+    g = torch.Generator().manual_seed(5)
+    x = (torch.randn(4, 3, 50, generator=g) * 1.5 + 0.3).to(device)
+    v_init = (torch.randn(3, 50, generator=g) * 0.5).to(device)
+    w = torch.randn(4, 3, 50, generator=g).to(device)
+    results = []
+    for compiled in (True, False):
+        leak = {}
+        if "decay" in kw:
+            leak["decay"] = torch.tensor(kw["decay"], device=device, requires_grad=True)
+        elif kw.get("tau_tensor"):
+            leak["tau"] = torch.tensor(kw["tau"], device=device, requires_grad=True)
+        else:
+            leak["tau"] = kw["tau"]
+        opts = {k: v for k, v in kw.items() if k not in ("decay", "tau", "tau_tensor")}
+        xi, vi = x.clone().requires_grad_(), v_init.clone().requires_grad_()
+
+        def fn(x_seq, v0):
+            spikes, v = lif_multistep(x_seq, v0, v_threshold=0.6, backend="triton", **leak, **opts)
+            return (spikes * w).sum() + v.sum(), spikes, v
+
+        run_fn = torch.compile(fn, backend="aot_eager", fullgraph=True) if compiled else fn
+        total, spikes, v = run_fn(xi, vi)
+        total.backward()
+        grads = [xi.grad, vi.grad] + [t.grad for t in leak.values() if isinstance(t, torch.Tensor)]
+        results.append((spikes.detach(), v.detach(), grads))
+    (s_c, v_c, g_c), (s_e, v_e, g_e) = results
+    assert_equal(s_c, s_e, "spikes")
+    assert_equal(v_c, v_e, "v")
+    assert len(g_c) == len(g_e)
+    for i, (a, b) in enumerate(zip(g_c, g_e)):
+        assert_rel_close(a, b, 1e-6, f"grad {i}")
+
+
+def test_triton_op_registration(device):
+    """Schema, fake implementation, autograd registration of the Triton ops torch.compile uses."""
+    from tks_kernels.lif import triton as lif_triton  # noqa: F401 (registers the ops)
+
+    x = torch.randn(5, 3, 17, device=device, requires_grad=True)
+    v_init = torch.randn(3, 17, device=device, requires_grad=True)
+    decay = torch.tensor(0.4, device=device, requires_grad=True)
+    # x_seq, v_init, decay, leak, tau, decay_input, v_threshold, v_reset, soft_reset, detach_reset,
+    # surrogate, alpha, store_v_seq, save_h
+    torch.library.opcheck(torch.ops.tks_triton.lif_forward.default,
+                          (x, v_init, None, 1, 2.0, True, 0.5, 0.0, False, False, 0, 4.0, False, True))
+    torch.library.opcheck(torch.ops.tks_triton.lif_forward.default,
+                          (x, v_init, decay, 2, 2.0, True, 0.5, 0.0, False, False, 7, 1.0, True, True))
+    h = torch.randn(5, 3, 17, device=device)
+    torch.library.opcheck(torch.ops.tks_triton.lif_backward.default, (
+        torch.randn(5, 3, 17, device=device), torch.randn(3, 17, device=device), h, x.detach(), v_init.detach(),
+        decay.detach(), 2, 2.0, True, 0.5, 0.0, False, False, 1, 2.0, False, torch.float32, True))
+
+
 def test_triton_empty_neurons(device):
     x = torch.zeros(3, 0, device=device, requires_grad=True)
     s, v = lif_multistep(x, backend="triton")

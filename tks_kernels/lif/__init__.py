@@ -86,14 +86,9 @@ def _dispatch(x_seq, v_init, decay, cfg: LIFConfig, backend: str):
     if name == "torch":
         return lif_reference_forward(x_seq, v_init, decay, cfg)
     if name == "triton":
-        from .triton import LIFTritonFunction, lif_forward_triton
+        from .triton import lif_triton
 
-        if not _needs_grad(x_seq, v_init, decay):
-            # Inside Function.forward needs_input_grad ignores no_grad mode: decide here, so
-            # inference does not write H (a third of the forward's bytes).
-            spikes, v, _ = lif_forward_triton(x_seq, v_init, decay, cfg, save_h=False)
-            return spikes, v
-        return LIFTritonFunction.apply(x_seq, v_init, decay, cfg)
+        return lif_triton(x_seq, v_init, decay, cfg, _needs_grad(x_seq, v_init, decay))
     from .extension import lif_extension_forward
 
     return lif_extension_forward(name, x_seq, v_init, decay, cfg)

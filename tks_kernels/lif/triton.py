@@ -22,6 +22,8 @@ import triton
 import triton.language as tl
 
 from .config import LEAK_DIV, LEAK_IF, LEAK_MUL, LIFConfig
+from .ops import lif_backward_fake, lif_forward_fake, register_lif_autograd
+from .surrogate import SURROGATES
 
 # One config: the interpreter cannot autotune, and a memory-bound elementwise recurrence gains
 # little from tuning beyond a large block with 16-byte accesses.
@@ -339,3 +341,62 @@ class LIFTritonFunction(torch.autograd.Function):
         if not ctx.needs_input_grad[1]:
             grad_v_init = None
         return grad_x, grad_v_init, grad_decay, None
+
+
+# The same launches as torch custom ops with the C++ ops' schemas (tks::lif_forward / backward),
+# for torch.compile: dynamo keeps an op opaque where it would try to trace the Function's Triton
+# launches. Eager calls keep the Function, which costs less host time per call.
+_SURROGATE_NAMES = {sid: name for name, (sid, _) in SURROGATES.items()}
+
+
+def _op_config(leak, tau, decay_input, v_threshold, v_reset, soft_reset, detach_reset, surrogate, alpha,
+               store_v_seq) -> LIFConfig:
+    return LIFConfig(leak, tau, decay_input, v_threshold, None if soft_reset else v_reset, detach_reset,
+                     _SURROGATE_NAMES[surrogate], alpha, store_v_seq)
+
+
+@torch.library.custom_op("tks_triton::lif_forward", mutates_args=())
+def lif_forward_op(x_seq: torch.Tensor, v_init: Optional[torch.Tensor], decay: Optional[torch.Tensor], leak: int,
+                   tau: float, decay_input: bool, v_threshold: float, v_reset: float, soft_reset: bool,
+                   detach_reset: bool, surrogate: int, alpha: float, store_v_seq: bool, save_h: bool
+                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    cfg = _op_config(leak, tau, decay_input, v_threshold, v_reset, soft_reset, detach_reset, surrogate, alpha,
+                     store_v_seq)
+    spikes, v, h = lif_forward_triton(x_seq, v_init, decay, cfg, save_h)
+    return spikes, v, h if h is not None else x_seq.new_empty((0,), dtype=torch.float32)
+
+
+@torch.library.custom_op("tks_triton::lif_backward", mutates_args=())
+def lif_backward_op(grad_spikes: Optional[torch.Tensor], grad_v: Optional[torch.Tensor], h: torch.Tensor,
+                    x_seq: Optional[torch.Tensor], v_init: Optional[torch.Tensor], decay: Optional[torch.Tensor],
+                    leak: int, tau: float, decay_input: bool, v_threshold: float, v_reset: float, soft_reset: bool,
+                    detach_reset: bool, surrogate: int, alpha: float, store_v_seq: bool, x_dtype: torch.dtype,
+                    need_grad_decay: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    cfg = _op_config(leak, tau, decay_input, v_threshold, v_reset, soft_reset, detach_reset, surrogate, alpha,
+                     store_v_seq)
+    grad_x, grad_v_init, grad_decay = lif_backward_triton(grad_spikes, grad_v, h, x_seq, v_init, decay, cfg, x_dtype,
+                                                          need_grad_decay)
+    return grad_x, grad_v_init, grad_decay if grad_decay is not None else h.new_zeros(())
+
+
+torch.library.register_fake("tks_triton::lif_forward")(lif_forward_fake)
+torch.library.register_fake("tks_triton::lif_backward")(lif_backward_fake)
+register_lif_autograd("tks_triton::lif_forward", lif_backward_op)
+
+
+def lif_triton(x_seq: torch.Tensor, v_init: Optional[torch.Tensor], decay: Optional[torch.Tensor], cfg: LIFConfig,
+               needs_grad: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(spikes, v)`` from the Triton kernels: the Function in eager mode (no H written when no
+    gradient is needed), the custom ops under torch.compile."""
+    if torch.compiler.is_compiling():
+        spikes, v, _ = lif_forward_op(
+            x_seq, v_init, decay, cfg.leak, cfg.tau, cfg.decay_input, cfg.v_threshold, cfg.reset_value,
+            cfg.soft_reset, cfg.detach_reset, cfg.surrogate_id, cfg.alpha, cfg.store_v_seq, needs_grad,
+        )
+        return spikes, v
+    if not needs_grad:
+        # Inside Function.forward needs_input_grad ignores no_grad mode: decide here, so
+        # inference does not write H (a third of the forward's bytes).
+        spikes, v, _ = lif_forward_triton(x_seq, v_init, decay, cfg, save_h=False)
+        return spikes, v
+    return LIFTritonFunction.apply(x_seq, v_init, decay, cfg)
