@@ -34,6 +34,12 @@ def check_real(name: str, value: Any, *, allow_none: bool = False) -> float | No
     return value
 
 
+def check_bool(name: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be a bool, got {type(value).__name__} {value!r}")
+    return value
+
+
 def check_choice(name: str, value: Any, choices) -> str:
     if value not in choices:
         raise ValueError(f"{name}={value!r} is not supported; choose one of {', '.join(map(repr, choices))}")

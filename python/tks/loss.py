@@ -8,15 +8,9 @@ import torch
 import torch.nn as nn
 
 import tks_kernels
-from tks_kernels._checks import check_choice, check_real
+from tks_kernels._checks import check_bool, check_choice, check_real
 
 __all__ = ["TKSLoss", "TETLoss", "MeanCELoss"]
-
-
-def _check_flag(name: str, value) -> bool:
-    if not isinstance(value, bool):
-        raise TypeError(f"{name} must be a bool, got {type(value).__name__} {value!r}")
-    return value
 
 
 def _check_unit(name: str, value) -> float:
@@ -83,9 +77,9 @@ class TKSLoss(nn.Module):
             raise ValueError(f"temperature must be > 0, got {self.temperature} (the TKS authors use 3 or 5)")
         self.epochs = epochs
         self.teacher = check_choice("teacher", teacher, TEACHERS)
-        self.detach_teacher = _check_flag("detach_teacher", detach_teacher)
+        self.detach_teacher = check_bool("detach_teacher", detach_teacher)
         self.reduction = _check_reduction(reduction)
-        self.return_parts = _check_flag("return_parts", return_parts)
+        self.return_parts = check_bool("return_parts", return_parts)
         self.backend = check_backend(backend)
         self.epoch: Optional[int] = None
 

@@ -27,7 +27,7 @@ from typing import Callable, Optional, Union
 import torch
 import torch.nn as nn
 
-from tks_kernels._checks import check_real
+from tks_kernels._checks import check_bool, check_real
 from tks_kernels.lif import SURROGATES, lif_multistep
 from tks_kernels.lif.config import parse_lif_args
 from tks_kernels.lif.reference import lif_reference_forward
@@ -118,12 +118,6 @@ def check_backend(value) -> str:
     return value
 
 
-def _check_flag(name: str, value) -> bool:
-    if not isinstance(value, bool):
-        raise TypeError(f"{name} must be a bool, got {type(value).__name__} {value!r}")
-    return value
-
-
 def _check_tau(name: str, value) -> float:
     value = check_real(name, value)
     if not value > 1.0:
@@ -140,9 +134,9 @@ class _NeuronBase(memory_module_base()):
         self.v_reset = check_real("v_reset", v_reset, allow_none=True)
         check_surrogate(surrogate_function)
         self.surrogate_function = surrogate_function
-        self.detach_reset = _check_flag("detach_reset", detach_reset)
+        self.detach_reset = check_bool("detach_reset", detach_reset)
         self.step_mode = step_mode
-        self.store_v_seq = _check_flag("store_v_seq", store_v_seq)
+        self.store_v_seq = check_bool("store_v_seq", store_v_seq)
         self.backend = backend
         # v starts as a Python float (v_reset, 0.0 for soft reset) and becomes a tensor on the
         # first call, shaped like one step of the input; reset() makes it the float again.
@@ -337,7 +331,7 @@ class LIFNode(_NeuronBase):
     ):
         super().__init__(v_threshold, v_reset, surrogate_function, detach_reset, step_mode, store_v_seq, backend)
         self.tau = _check_tau("tau", tau)
-        self.decay_input = _check_flag("decay_input", decay_input)
+        self.decay_input = check_bool("decay_input", decay_input)
 
     def _leak_kwargs(self) -> dict:
         return {"tau": self.tau}
@@ -393,7 +387,7 @@ class ParametricLIFNode(_NeuronBase):
     ):
         super().__init__(v_threshold, v_reset, surrogate_function, detach_reset, step_mode, store_v_seq, backend)
         init_tau = _check_tau("init_tau", init_tau)
-        self.decay_input = _check_flag("decay_input", decay_input)
+        self.decay_input = check_bool("decay_input", decay_input)
         self.w = nn.Parameter(torch.as_tensor(-math.log(init_tau - 1.0)))
 
     def _leak_kwargs(self) -> dict:

@@ -7,7 +7,7 @@ from typing import Optional
 
 import torch
 
-from .._checks import check_choice, check_float_tensor, check_real
+from .._checks import check_bool, check_choice, check_float_tensor, check_real
 from .surrogate import SURROGATES, default_alpha, surrogate_id
 
 # How the leak enters the charge step; a compile-time constant of every kernel.
@@ -66,8 +66,7 @@ def parse_lif_args(
                 f"v_init is on {v_init.device} but x_seq is on {x_seq.device}; move it with v_init.to(x_seq.device)"
             )
     for name, flag in (("decay_input", decay_input), ("detach_reset", detach_reset), ("store_v_seq", store_v_seq)):
-        if not isinstance(flag, bool):
-            raise TypeError(f"{name} must be a bool, got {type(flag).__name__} {flag!r}")
+        check_bool(name, flag)
     v_threshold = check_real("v_threshold", v_threshold)
     v_reset = check_real("v_reset", v_reset, allow_none=True)
     if not isinstance(surrogate, str) or surrogate not in SURROGATES:

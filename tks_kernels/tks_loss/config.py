@@ -6,7 +6,7 @@ from typing import NamedTuple
 
 import torch
 
-from .._checks import check_choice, check_float_tensor, check_real
+from .._checks import check_bool, check_choice, check_float_tensor, check_real
 
 TEACHERS = ("sum", "mean")
 REDUCTIONS = ("mean", "sum", "none")
@@ -79,8 +79,7 @@ def parse_tks_loss_args(
         raise TypeError(f"reduction must be a str, one of {REDUCTIONS}, got {reduction!r}")
     check_choice("reduction", reduction, REDUCTIONS)
     for name, flag in (("detach_teacher", detach_teacher), ("return_parts", return_parts)):
-        if not isinstance(flag, bool):
-            raise TypeError(f"{name} must be a bool, got {type(flag).__name__} {flag!r}")
+        check_bool(name, flag)
     # last: the range check syncs with the device
     target = target.long()
     if torch.compiler.is_compiling() or (target.is_cuda and torch.cuda.is_current_stream_capturing()):

@@ -126,6 +126,18 @@ def _saved_parts(saved_ptr, T):
     return saved_ptr, saved_ptr + bt, saved_ptr + 2 * bt, saved_ptr + 3 * bt
 
 
+@triton.jit
+def _program_start(logits_ptr, target_ptr, T, stride_t, stride_b, BLOCK_T: tl.constexpr, BLOCK_C: tl.constexpr):
+    """This program's sample b, its step indices and validity, T as fp32, the class offsets of one
+    block, the row pointers of its [BLOCK_T, 1] steps and its label."""
+    b = tl.program_id(0).to(tl.int64)
+    t_idx = tl.arange(0, BLOCK_T)
+    # int64 offsets: T * B * C may pass 2**31
+    rows = logits_ptr + b * stride_b + t_idx.to(tl.int64)[:, None] * stride_t
+    y = tl.load(target_ptr + b).to(tl.int32)
+    return b, t_idx, t_idx < T, T.to(tl.float32), tl.arange(0, BLOCK_C), rows, y
+
+
 @triton.jit(do_not_specialize=["T"])  # T = 1 must not become a constant (T.to below, and one binary)
 def _tks_loss_forward_kernel(
     logits_ptr, target_ptr, loss_ptr, ce_ptr, kd_ptr, saved_ptr,
@@ -134,15 +146,9 @@ def _tks_loss_forward_kernel(
     TEACHER_MEAN: tl.constexpr, ONE_BLOCK: tl.constexpr,
     BLOCK_T: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
-    b = tl.program_id(0).to(tl.int64)
+    b, t_idx, t_valid, T_f, c_base, rows, y = _program_start(
+        logits_ptr, target_ptr, T, stride_t, stride_b, BLOCK_T, BLOCK_C)
     row_max_ptr, row_logsum_ptr, mask_ptr, stats_ptr = _saved_parts(saved_ptr, T)
-    t_idx = tl.arange(0, BLOCK_T)
-    t_valid = t_idx < T
-    T_f = T.to(tl.float32)
-    c_base = tl.arange(0, BLOCK_C)
-    # int64 offsets: T * B * C may pass 2**31
-    rows = logits_ptr + b * stride_b + t_idx.to(tl.int64)[:, None] * stride_t  # [BLOCK_T, 1]
-    y = tl.load(target_ptr + b).to(tl.int32)
 
     # Pass 1: per step, online max / first argmax / sum of exp over C.
     run_max = tl.full([BLOCK_T], float("-inf"), tl.float32)
@@ -234,15 +240,10 @@ def _tks_loss_backward_kernel(
     DETACH_TEACHER: tl.constexpr, ONE_BLOCK: tl.constexpr,
     BLOCK_T: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
-    b = tl.program_id(0).to(tl.int64)
+    b, t_idx, t_valid, T_f, c_base, rows, y = _program_start(
+        logits_ptr, target_ptr, T, stride_t, stride_b, BLOCK_T, BLOCK_C)
     row_max_ptr, row_logsum_ptr, mask_ptr, stats_ptr = _saved_parts(saved_ptr, T)
-    t_idx = tl.arange(0, BLOCK_T)
-    t_valid = t_idx < T
-    T_f = T.to(tl.float32)
-    c_base = tl.arange(0, BLOCK_C)
-    rows = logits_ptr + b * stride_b + t_idx.to(tl.int64)[:, None] * stride_t
     grad_rows = grad_logits_ptr + b * gstride_b + t_idx.to(tl.int64)[:, None] * gstride_t
-    y = tl.load(target_ptr + b).to(tl.int32)
     row_max = tl.load(row_max_ptr + b * T + t_idx, mask=t_valid, other=0.0)
     row_logsum = tl.load(row_logsum_ptr + b * T + t_idx, mask=t_valid, other=0.0)
     m = tl.load(mask_ptr + b * T + t_idx, mask=t_valid, other=0.0)
@@ -499,13 +500,9 @@ def _no_double_backward(ctx, grad_grad_logits):
     raise RuntimeError("tks_loss: the triton backend has no double backward (create_graph=True); use backend='torch'")
 
 
-def _backward_setup_context(ctx, inputs, output):
-    pass
-
-
 _forward_op.register_autograd(_op_backward, setup_context=_op_setup_context)
 # explicit, so a double backward raises instead of silently dropping the second-order terms
-_backward_op.register_autograd(_no_double_backward, setup_context=_backward_setup_context)
+_backward_op.register_autograd(_no_double_backward)
 
 
 def tks_loss_triton(logits: torch.Tensor, target: torch.Tensor, cfg: TKSLossConfig, block_c: Optional[int] = None):
