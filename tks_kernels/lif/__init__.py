@@ -6,7 +6,7 @@ from typing import Optional
 import torch
 
 from .._backends import resolve_backend
-from .config import LEAK_MUL, LIFConfig, check_backend, parse_lif_args
+from .config import LIFConfig, check_backend, parse_lif_args
 from .reference import lif_multistep_reference, lif_reference_forward
 from .surrogate import SURROGATES
 

@@ -1,7 +1,6 @@
 """Parse and check the arguments of ``lif_multistep`` once, for every backend."""
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Optional
 

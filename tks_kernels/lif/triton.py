@@ -21,7 +21,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .config import LEAK_DIV, LEAK_IF, LEAK_MUL, LIFConfig
+from .config import LEAK_MUL, LIFConfig
 from .ops import lif_backward_fake, lif_forward_fake, register_lif_autograd
 from .surrogate import SURROGATES
 

@@ -7,7 +7,7 @@ from typing import Optional
 import torch
 
 from .._backends import resolve_backend
-from .._checks import check_real
+from .._checks import check_int, check_real
 from .baselines import mean_ce, tet_loss
 from .config import TKSLossConfig, TKSLossParts, check_backend, parse_tks_loss_args, reduce_outputs
 from .reference import tks_loss_reference, tks_loss_reference_per_sample
@@ -112,9 +112,7 @@ def tks_lambda(epoch: int, epochs: int, lam_max: float) -> float:
         >>> tks_lambda(0, 300, 0.7), tks_lambda(150, 300, 0.7), tks_lambda(300, 300, 0.7)
         (0.0, 0.35, 0.7)
     """
-    for name, value in (("epoch", epoch), ("epochs", epochs)):
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise TypeError(f"{name} must be an int, got {type(value).__name__} {value!r}")
+    epoch, epochs = check_int("epoch", epoch), check_int("epochs", epochs)
     if epochs < 1:
         raise ValueError(f"epochs must be >= 1, got {epochs}")
     if epoch < 0:

@@ -1,183 +1,21 @@
-"""Datasets of the TKS experiments, read from disk (nothing is downloaded unless asked).
+"""Event-camera datasets: CIFAR10-DVS and N-Caltech101, read with tonic and binned into T frames.
 
-``build_datasets(name, T=..., data_dir=..., download=False) -> (train, test, DataInfo)``.
-
-Static datasets yield ``(image [C, H, W] float32, label)``; the model repeats the image over the T
-steps (direct encoding: the analog image is the input current at every step). Event datasets yield
-``(frames [T, 2, 48, 48] float32, label)``, the T frames of one recording.
-
-- ``digits``: scikit-learn's handwritten digits (1797 8x8 grey images, 10 classes) shipped in the
-  package (``tks/data/digits.npz``: a fixed stratified 1437/360 train/test split, pixel values 0..16
-  scaled to [0, 1]). Offline, no scikit-learn needed. The default.
-- ``cifar10`` / ``cifar100``: the python pickle batches (``cifar-10-batches-py/``,
-  ``cifar-100-python/`` under ``data_dir``); ``download=True`` fetches them with torchvision.
-  Train: random crop 32 with 4-pixel padding, horizontal flip; both: per-channel normalisation.
-- ``cifar10-dvs`` / ``ncaltech101``: event recordings read with tonic's readers, binned into T frames
-  by ``tonic.transforms.ToFrame(sensor_size, n_time_bins=T)`` (per polarity: 2 channels), resized to
-  48x48 (bilinear), and cached on disk by ``tonic.DiskCachedDataset`` under
-  ``data_dir/cache/`` so only the first epoch bins events. Split: 90/10 per class (a fixed shuffle,
-  the same for every run). Train augmentation: horizontal flip and a random shift of up to 4 pixels.
-  Folders (tonic's layout, where ``download=True`` puts them):
-  ``data_dir/CIFAR10DVS/<class>/*.aedat4`` (tonic's release; read with the aedat package, a
-  ``train`` extra)
-  or ``*.npz`` with arrays ``t, x, y, p`` (spikingjelly's converted ``events_np``), and
-  ``data_dir/NCALTECH101/Caltech101/<class>/*.bin``.
+Items are ``(frames [T, 2, 48, 48] float32, label)``, the T frames of one recording.
 """
 from __future__ import annotations
 
 import hashlib
 import os
-import pickle
-from dataclasses import dataclass
 from typing import Callable, Optional
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset, Subset, TensorDataset
+from torch.utils.data import Dataset, Subset
+
+from .common import DataInfo, DatasetNotFoundError, split_per_class
 
 DVS_SIZE = 48  # frames are resized to 48x48 (the TET / TKS VGG-SNN input)
 CIFAR10_DVS_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
-CIFAR_MEAN_STD = {
-    "cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
-    "cifar100": ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
-}
-
-
-@dataclass(frozen=True)
-class DataInfo:
-    """What a model and the training recipe need to know about a dataset.
-
-    ``static``: items are images ``[C, H, W]`` repeated over T by the model; otherwise sequences
-    ``[T, C, H, W]``. ``lam`` / ``temperature``: the TKS authors' settings for this kind of data.
-    """
-
-    name: str
-    num_classes: int
-    in_channels: int
-    image_size: int
-    static: bool
-    default_model: str
-    lam: float
-    temperature: float
-
-
-class DatasetNotFoundError(FileNotFoundError):
-    """The dataset is not on disk; the message says what to pass."""
-
-
-def _choices_error(name: str) -> ValueError:
-    return ValueError(f"dataset={name!r} is unknown; choose one of {sorted(DATASETS)}")
-
-
-def build_datasets(name: str, *, T: int, data_dir: str = "data", download: bool = False,
-                   augment: bool = True) -> tuple[Dataset, Dataset, DataInfo]:
-    """``(train, test, info)`` of dataset ``name`` (one of ``DATASETS``) for ``T`` timesteps.
-
-    Raises ``DatasetNotFoundError`` when the files are missing and ``download`` is False.
-    ``augment=False`` drops the training augmentation (evaluation, tests).
-    """
-    if name not in DATASETS:
-        raise _choices_error(name)
-    if not isinstance(T, int) or T < 1:
-        raise ValueError(f"T={T!r} must be an integer >= 1 (the number of timesteps)")
-    return DATASETS[name](T=T, data_dir=os.path.expanduser(str(data_dir)), download=download, augment=augment)
-
-
-# ----------------------------------------------------------------------------------------------
-# digits (bundled)
-
-DIGITS_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "digits.npz")
-
-
-def _digits(T: int, data_dir: str, download: bool, augment: bool):
-    if not os.path.exists(DIGITS_FILE):
-        raise DatasetNotFoundError(
-            f"the bundled digits file {DIGITS_FILE} is missing: reinstall tks-kernels "
-            f"(pip install --no-build-isolation -e .), it ships as package data"
-        )
-    with np.load(DIGITS_FILE) as f:
-        parts = {k: f[k] for k in ("x_train", "y_train", "x_test", "y_test")}
-
-    def tensors(split):
-        x = torch.from_numpy(parts[f"x_{split}"].astype(np.float32) / 16.0).unsqueeze(1)  # [N, 1, 8, 8]
-        return TensorDataset(x, torch.from_numpy(parts[f"y_{split}"].astype(np.int64)))
-
-    info = DataInfo("digits", 10, 1, 8, True, "convsnn", lam=0.7, temperature=3.0)
-    return tensors("train"), tensors("test"), info
-
-
-def make_digits_file(path: str = DIGITS_FILE) -> None:
-    """Write ``digits.npz`` from scikit-learn (run once by the maintainers; the file is committed)."""
-    from sklearn.datasets import load_digits
-    from sklearn.model_selection import train_test_split
-
-    d = load_digits()
-    x, y = d.images.astype(np.uint8), d.target.astype(np.int64)
-    train, test = train_test_split(np.arange(len(y)), test_size=0.2, stratify=y, random_state=0)
-    train.sort()
-    test.sort()
-    np.savez_compressed(path, x_train=x[train], y_train=y[train], x_test=x[test], y_test=y[test])
-
-
-# ----------------------------------------------------------------------------------------------
-# CIFAR-10 / CIFAR-100 (python pickle batches)
-
-_CIFAR_FILES = {
-    "cifar10": ("cifar-10-batches-py", [f"data_batch_{i}" for i in range(1, 6)], ["test_batch"], "labels", 10),
-    "cifar100": ("cifar-100-python", ["train"], ["test"], "fine_labels", 100),
-}
-
-
-class CifarBatches(Dataset):
-    """CIFAR images from the python pickle batches on disk: ``(transform(PIL image), label)``."""
-
-    def __init__(self, folder: str, files: list[str], label_key: str, transform: Optional[Callable] = None):
-        images, labels = [], []
-        for file in files:
-            with open(os.path.join(folder, file), "rb") as f:
-                entry = pickle.load(f, encoding="latin1")
-            images.append(np.asarray(entry["data"], dtype=np.uint8))
-            labels.extend(entry[label_key])
-        self.images = np.concatenate(images).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)  # HWC for PIL
-        self.targets = [int(t) for t in labels]
-        self.transform = transform
-
-    def __len__(self) -> int:
-        return len(self.targets)
-
-    def __getitem__(self, index: int):
-        from PIL import Image
-
-        image = Image.fromarray(self.images[index])
-        return (self.transform(image) if self.transform else image), self.targets[index]
-
-
-def _cifar(name: str, T: int, data_dir: str, download: bool, augment: bool):
-    from torchvision import transforms
-
-    folder_name, train_files, test_files, label_key, num_classes = _CIFAR_FILES[name]
-    folder = os.path.join(data_dir, folder_name)
-    missing = [f for f in train_files + test_files if not os.path.isfile(os.path.join(folder, f))]
-    if missing and download:
-        import torchvision
-
-        cls = torchvision.datasets.CIFAR10 if name == "cifar10" else torchvision.datasets.CIFAR100
-        cls(data_dir, train=True, download=True)  # fetches, checks the md5 and extracts
-        missing = [f for f in train_files + test_files if not os.path.isfile(os.path.join(folder, f))]
-    if missing:
-        raise DatasetNotFoundError(
-            f"{name} is not in {folder} (missing {', '.join(missing)}): pass --download to fetch it there "
-            f"(about 170 MB), or --data-dir DIR where DIR/{folder_name}/ holds the python batches"
-        )
-    mean, std = CIFAR_MEAN_STD[name]
-    normalize = [transforms.ToTensor(), transforms.Normalize(mean, std)]
-    train_tf = transforms.Compose(
-        ([transforms.RandomCrop(32, padding=4), transforms.RandomHorizontalFlip()] if augment else []) + normalize
-    )
-    train = CifarBatches(folder, train_files, label_key, train_tf)
-    test = CifarBatches(folder, test_files, label_key, transforms.Compose(normalize))
-    info = DataInfo(name, num_classes, 3, 32, True, "resnet19", lam=0.7, temperature=3.0)
-    return train, test, info
 
 
 # ----------------------------------------------------------------------------------------------
@@ -313,21 +151,6 @@ class CachedFrames(Dataset):
         return frames, int(label)
 
 
-def split_per_class(targets: list[int], test_fraction: float = 0.1, seed: int = 0) -> tuple[list[int], list[int]]:
-    """Indices ``(train, test)``: per class a fixed shuffle, ``round(test_fraction * n)`` (at least 1
-    when n >= 2) to test. Independent of the training seed, so every run sees the same split."""
-    rng = np.random.default_rng(seed)
-    targets_np = np.asarray(targets)
-    train, test = [], []
-    for c in np.unique(targets_np):
-        idx = np.flatnonzero(targets_np == c)
-        idx = idx[rng.permutation(len(idx))]
-        n_test = max(1, int(round(test_fraction * len(idx)))) if len(idx) >= 2 else 0
-        test += idx[:n_test].tolist()
-        train += idx[n_test:].tolist()
-    return sorted(train), sorted(test)
-
-
 def _frames_cache(events: EventFolder, indices: list[int], T: int, sensor_size, cache_root: str, tag: str):
     from tonic import DiskCachedDataset
 
@@ -388,9 +211,6 @@ def _download_events(name: str, data_dir: str) -> None:
 
 
 DATASETS: dict[str, Callable] = {
-    "digits": _digits,
-    "cifar10": lambda **kw: _cifar("cifar10", **kw),
-    "cifar100": lambda **kw: _cifar("cifar100", **kw),
     "cifar10-dvs": lambda **kw: _event_dataset("cifar10-dvs", **kw),
     "ncaltech101": lambda **kw: _event_dataset("ncaltech101", **kw),
 }
