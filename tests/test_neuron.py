@@ -330,3 +330,109 @@ def test_works_without_spikingjelly():
             raise AssertionError("no error")
         """
     )
+
+
+# ---------------------------------------------------------------- what a new user hit (issue 11)
+
+def test_default_surrogate_is_spikingjellys_object_and_alpha_changes_are_honoured():
+    """The default is spikingjelly's own shared Sigmoid object; annealing code that sets
+    ``node.surrogate_function.alpha`` changes the gradient from the next call on, as in spikingjelly."""
+    ours, ref = tks.LIFNode(step_mode="m"), neuron.LIFNode(step_mode="m")
+    assert isinstance(ours.surrogate_function, surrogate.Sigmoid)
+    assert ours.surrogate_function is ref.surrogate_function  # spikingjelly's default argument, shared
+    own = surrogate.Sigmoid()
+    ours, ref = tks.LIFNode(step_mode="m", surrogate_function=own), neuron.LIFNode(step_mode="m", surrogate_function=own)
+    x = inputs((4, 3, 5), 5)
+    g_before = torch.autograd.grad(ours(x).sum(), x)[0]
+    functional.reset_net(ours)
+    own.alpha = 6.0
+    check_against_spikingjelly(ours, ref, "m", seed=3)  # both read the new alpha
+    functional.reset_net(ours)
+    g_after = torch.autograd.grad(ours(x).sum(), x)[0]
+    assert not torch.equal(g_after, g_before), "alpha set after construction was ignored"
+
+
+def test_repr_shows_surrogate_alpha_decay_input_and_store_v_seq():
+    text = repr(tks.LIFNode(decay_input=False, store_v_seq=True, surrogate_function=surrogate.ATan(alpha=3.0)))
+    assert "decay_input=False" in text and "store_v_seq=True" in text
+    assert "(surrogate_function): ATan(alpha=3.0, spiking=True)" in text
+    text = repr(tks.ParametricLIFNode(surrogate_function=("erf", 1.5)))
+    assert "surrogate_function=erf, alpha=1.5" in text and "decay_input=True" in text
+
+
+def test_neurons_pass_spikingjellys_isinstance_checks_and_monitors():
+    from spikingjelly.activation_based import monitor
+
+    for ours, theirs in ((tks.LIFNode(), neuron.LIFNode), (tks.IFNode(), neuron.IFNode),
+                         (tks.ParametricLIFNode(), neuron.ParametricLIFNode)):
+        assert isinstance(ours, theirs) and isinstance(ours, neuron.BaseNode) and isinstance(ours, base.MemoryModule)
+    net = nn.Sequential(nn.Linear(5, 6), tks.LIFNode(step_mode="m"), nn.Linear(6, 4), tks.IFNode(step_mode="m"))
+    x = inputs((3, 2, 5), 0) * 3
+    with torch.no_grad():
+        spikes_lif = net[:2](x)
+        functional.reset_net(net)
+    assert spikes_lif.any()
+    for cls in (neuron.LIFNode, neuron.BaseNode):
+        mon = monitor.OutputMonitor(net, cls)
+        with torch.no_grad():
+            out = net(x)
+        functional.reset_net(net)
+        assert len(mon.records) == (1 if cls is neuron.LIFNode else 2)
+        assert torch.equal(mon.records[0], spikes_lif)
+        assert cls is neuron.LIFNode or torch.equal(mon.records[1], out)
+        mon.remove_hooks()
+
+
+def test_surrogate_class_instead_of_instance_is_refused():
+    with pytest.raises(TypeError, match=r"pass an instance, e.g. ATan\(\)"):
+        tks.LIFNode(surrogate_function=surrogate.ATan)
+    with pytest.raises(TypeError, match=r"instance"):
+        tks.ParametricLIFNode(surrogate_function=tks.surrogate.Surrogate)
+
+
+@pytest.mark.parametrize("step_mode", ["m", "s"])
+def test_state_follows_the_input_dtype_across_calls(step_mode):
+    """fp64 then fp32 without a reset: the carried state is cast, as spikingjelly casts it."""
+    ours, ref = make_pair("lif", {}, step_mode)
+    x64 = inputs((3, 2, 4), 0, torch.float64)
+    assert_equal(feed(ours, x64, step_mode), feed(ref, x64, step_mode), "spikes fp64")
+    x32 = inputs((3, 2, 4), 1)
+    assert_equal(feed(ours, x32, step_mode), feed(ref, x32, step_mode), "spikes fp32 after fp64")
+    assert ours.v.dtype == torch.float32
+    assert_rel_close(ours.v, ref.v, TOL, "v")
+
+
+def test_numpy_scalars_are_accepted_and_bools_refused():
+    import numpy as np
+
+    ours = tks.LIFNode(tau=np.float32(3.0), v_threshold=np.float64(0.5), v_reset=np.int64(0), step_mode="m")
+    ref = neuron.LIFNode(tau=3.0, v_threshold=0.5, v_reset=0.0, step_mode="m")
+    assert type(ours.tau) is float and type(ours.v_threshold) is float and type(ours.v_reset) is float
+    check_against_spikingjelly(ours, ref, "m")
+    assert tks.ParametricLIFNode(init_tau=np.array(2.5)).w.item() == pytest.approx(-np.log(1.5))
+    with pytest.raises(TypeError, match="tau must be a float"):
+        tks.LIFNode(tau=np.bool_(True))
+    with pytest.raises(TypeError, match="v_threshold must be a float"):
+        tks.LIFNode(v_threshold=True)
+
+
+def test_compile_dynamic_with_a_spikingjelly_surrogate_object():
+    """torch.compile(fullgraph=True, dynamic=True) of a neuron whose surrogate is a spikingjelly
+    object (the README's example), and an alpha changed afterwards is honoured under compile."""
+    fn = surrogate.ATan()
+    node = tks.LIFNode(step_mode="m", surrogate_function=fn)
+    lin = nn.Linear(5, 5)
+
+    def run(x):
+        out = node(lin(x))
+        functional.reset_net(node)
+        return out
+
+    compiled = torch.compile(run, fullgraph=True, dynamic=True, backend="aot_eager")
+    x = inputs((4, 3, 5), 0)
+    for alpha in (2.0, 3.5):
+        fn.alpha = alpha
+        out_c, out_e = compiled(x), run(x)
+        assert_equal(out_c, out_e, f"spikes alpha={alpha}")
+        g_c, g_e = (torch.autograd.grad(o.sum(), x)[0] for o in (compiled(x), run(x)))
+        assert_rel_close(g_c, g_e, TOL, f"grad alpha={alpha}")

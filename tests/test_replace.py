@@ -89,7 +89,8 @@ def compare_before_after(make, step_shape, step_mode, backend="auto", T=3, devic
     n = tks.replace_neurons(after, backend=backend)
     n_sj = sum(isinstance(m, SJ_NEURONS) for m in before.modules())
     assert n == n_sj > 0
-    assert not any(isinstance(m, SJ_NEURONS) for m in after.modules())
+    # ours are subclasses of spikingjelly's (isinstance checks find them): no module of spikingjelly's own class is left
+    assert not any(type(m) in SJ_NEURONS for m in after.modules())
     assert sum(isinstance(m, TKS_NEURONS) for m in after.modules()) == n
     assert all(m.step_mode == step_mode for m in after.modules() if isinstance(m, TKS_NEURONS))
     x_seq = (torch.randn(T, *step_shape, generator=torch.Generator().manual_seed(1)) * 2.0).to(device)
@@ -332,3 +333,64 @@ def test_without_spikingjelly_raises_an_install_hint():
             raise AssertionError("no ImportError")
         """
     )
+
+
+def test_every_kind_of_hook_is_carried_and_fires():
+    """Forward (pre, kwargs, always-called), full and legacy backward, backward-pre, state-dict and
+    load-state-dict hooks registered on spikingjelly neurons fire on ours after the swap, and
+    their handles still remove them; spikingjelly's gradient monitors keep recording."""
+    from spikingjelly.activation_based import monitor
+
+    full, legacy = neuron.LIFNode(step_mode="m"), neuron.IFNode(step_mode="m")
+    net = nn.Sequential(nn.Linear(4, 5), full, nn.Linear(5, 5), legacy)
+    fired = []
+
+    def note(name):
+        return lambda *args, **kwargs: fired.append(name)
+
+    handles = [
+        full.register_forward_pre_hook(note("forward_pre")),
+        full.register_forward_pre_hook(note("forward_pre_kwargs"), with_kwargs=True),
+        full.register_forward_hook(note("forward")),
+        full.register_forward_hook(note("forward_kwargs"), with_kwargs=True),
+        full.register_forward_hook(note("forward_always"), always_call=True),
+        full.register_full_backward_pre_hook(note("backward_pre")),
+        full.register_full_backward_hook(note("full_backward")),
+        legacy.register_backward_hook(note("legacy_backward")),
+        full.register_state_dict_post_hook(note("state_dict_post")),
+        full.register_state_dict_pre_hook(note("state_dict_pre")),
+        full.register_load_state_dict_pre_hook(note("load_state_dict_pre")),
+        full.register_load_state_dict_post_hook(note("load_state_dict_post")),
+    ]
+    grad_in = monitor.GradInputMonitor(net, neuron.LIFNode)
+    grad_out = monitor.GradOutputMonitor(net, neuron.LIFNode)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch's note on legacy backward hooks
+        assert tks.replace_neurons(net) == 2
+        assert type(net[1]) is tks.LIFNode and type(net[3]) is tks.IFNode
+        x = torch.randn(3, 2, 4, requires_grad=True)
+        (net(x) * torch.randn(3, 2, 5)).sum().backward()
+        net.load_state_dict(net.state_dict())
+    expected = ["forward_pre", "forward_pre_kwargs", "forward", "forward_kwargs", "forward_always", "backward_pre",
+                "full_backward", "legacy_backward", "state_dict_pre", "state_dict_post", "load_state_dict_pre",
+                "load_state_dict_post"]
+    assert sorted(fired) == sorted(expected), fired
+    assert len(grad_in.records) == 1 and len(grad_out.records) == 1
+    assert grad_out.records[0].shape == (3, 2, 5)
+    for h in handles:
+        h.remove()
+    grad_in.remove_hooks()
+    grad_out.remove_hooks()
+    fired.clear()
+    functional.reset_net(net)
+    net(x).sum().backward()
+    assert fired == []
+
+
+def test_an_invalid_layer_leaves_the_model_untouched_and_is_named():
+    bad = neuron.LIFNode()
+    bad.tau = 1.0  # set after construction, which spikingjelly does not check
+    net = nn.Sequential(neuron.IFNode(), nn.Sequential(nn.Linear(3, 3), bad), neuron.ParametricLIFNode())
+    with pytest.raises(ValueError, match=r"layer '1\.1' \(spikingjelly.*LIFNode\).*no layer of the model was replaced.*tau must be > 1"):
+        tks.replace_neurons(net)
+    assert type(net[0]) is neuron.IFNode and net[1][1] is bad and type(net[2]) is neuron.ParametricLIFNode

@@ -123,12 +123,16 @@ def _op_reason(kind: str, op: str) -> Optional[str]:
 _op_reasons: dict[tuple[str, str], Optional[str]] = {}
 
 
-@torch.compiler.assume_constant_result
 def _cached_op_reason(kind: str, op: str) -> Optional[str]:
     # A constant for torch.compile: importing and querying the dispatcher cannot be traced.
     if (kind, op) not in _op_reasons:
         _op_reasons[(kind, op)] = _op_reason(kind, op)
     return _op_reasons[(kind, op)]
+
+
+# What torch.compiler.assume_constant_result(fn) does (torch/_dynamo/decorators.py), without the
+# decorator's `import torch._dynamo`: that import costs ~1.5 s, and eager users never need it.
+_cached_op_reason._dynamo_marked_constant = True  # type: ignore[attr-defined]
 
 
 def unavailable_reason(kind: str, x: torch.Tensor, op: str, arg: str = "x_seq") -> Optional[str]:

@@ -17,6 +17,16 @@ Differences from spikingjelly, on purpose:
   ``alpha``, any callable) runs on the eager loop, calling it exactly as spikingjelly does, with
   one warning per layer.
 - fp64 inputs run on the eager loop (the kernels take fp32 / fp16 / bf16).
+
+Like spikingjelly's, the default ``surrogate_function`` is spikingjelly's ``surrogate.Sigmoid()``
+object, one instance shared by every neuron of the class constructed without one (spikingjelly's
+default argument): setting its ``alpha`` changes it for all of them; pass ``surrogate.Sigmoid()``
+to give a layer its own. Without spikingjelly installed it is :class:`tks.surrogate.Surrogate`
+("sigmoid", alpha 4) with the same mutable ``alpha``, one per neuron. An ``alpha`` changed on the
+object after construction is read at the next call. When spikingjelly is installed the neurons
+are subclasses of its ``LIFNode`` / ``IFNode`` / ``ParametricLIFNode`` (so ``isinstance`` checks
+and ``monitor.OutputMonitor(net, neuron.LIFNode)`` find them), with every method that defines
+their behaviour ours.
 """
 from __future__ import annotations
 
@@ -31,8 +41,10 @@ from tks_kernels._checks import check_bool, check_real
 from tks_kernels.lif import SURROGATES, lif_multistep
 from tks_kernels.lif.config import parse_lif_args
 from tks_kernels.lif.reference import lif_reference_forward
+from tks_kernels.lif.surrogate import default_alpha
 
 from ._memory import memory_module_base
+from .surrogate import Surrogate
 
 __all__ = ["LIFNode", "IFNode", "ParametricLIFNode", "BACKENDS"]
 
@@ -79,6 +91,13 @@ def check_surrogate(value) -> None:
         if alpha <= 0:
             raise ValueError(f"surrogate_function alpha must be > 0, got {value!r}")
         return
+    if isinstance(value, type):
+        raise TypeError(
+            f"surrogate_function must be a surrogate instance, got the class {value.__module__}.{value.__qualname__}; "
+            f"pass an instance, e.g. {value.__name__}()"
+        )
+    if isinstance(value, Surrogate):
+        return
     if not callable(value):
         raise TypeError(
             f"surrogate_function must be a surrogate name ({', '.join(SURROGATES)}), a (name, alpha) pair "
@@ -94,6 +113,8 @@ def kernel_surrogate(fn) -> tuple[Optional[tuple[str, Optional[float]]], str]:
         return (fn, None), ""
     if isinstance(fn, tuple):
         return (fn[0], float(fn[1])), ""
+    if isinstance(fn, Surrogate):
+        return (fn.name, fn.alpha), ""
     cls = type(fn)
     name = SPIKINGJELLY_SURROGATES.get(cls.__name__)
     if name is None or cls.__module__ not in SPIKINGJELLY_SURROGATE_MODULES:
@@ -101,9 +122,10 @@ def kernel_surrogate(fn) -> tuple[Optional[tuple[str, Optional[float]]], str]:
     if not getattr(fn, "spiking", True):
         return None, "spiking=False (it returns the primitive function, not spikes)"
     alpha = getattr(fn, "alpha", None)
-    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not math.isfinite(alpha) or alpha <= 0:
-        return None, f"its alpha={alpha!r} is not a positive Python number"
-    return (name, float(alpha)), ""
+    # comparisons, not math.isfinite: torch.compile(dynamic=True) traces them on a symbolic float
+    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not (0 < alpha < math.inf):
+        return None, f"its alpha={alpha!r} is not a positive, finite Python number"
+    return (name, alpha), ""
 
 
 def check_backend(value) -> str:
@@ -125,11 +147,42 @@ def _check_tau(name: str, value) -> float:
     return value
 
 
-class _NeuronBase(memory_module_base()):
-    """Shared state handling of the three neurons; the leak is given by ``_leak_kwargs``."""
+_MEMORY_BASE = memory_module_base()
+
+
+def _spikingjelly_neuron(name: str) -> tuple[type, ...]:
+    """``(spikingjelly.activation_based.neuron.<name>,)`` when spikingjelly is installed, else ``()``:
+    the extra base class that makes our neuron pass spikingjelly's isinstance checks."""
+    try:
+        from spikingjelly.activation_based import neuron as sj_neuron
+    except ImportError:
+        return ()
+    cls = getattr(sj_neuron, name, None)
+    return (cls,) if isinstance(cls, type) else ()
+
+
+def _default_surrogate(name: str):
+    """spikingjelly's own default ``surrogate_function`` object of neuron class ``name`` (one shared
+    instance, spikingjelly's default argument), or None without spikingjelly (then each neuron gets
+    a ``tks.surrogate.Surrogate("sigmoid")`` of its own)."""
+    bases = _spikingjelly_neuron(name)
+    if not bases:
+        return None
+    import inspect
+
+    default = inspect.signature(bases[0].__init__).parameters["surrogate_function"].default
+    return None if default is inspect.Parameter.empty else default
+
+
+class _NeuronBase(_MEMORY_BASE):
+    """Shared state handling of the neurons; the leak is given by ``_leak_kwargs``."""
 
     def __init__(self, v_threshold, v_reset, surrogate_function, detach_reset, step_mode, store_v_seq, backend):
-        super().__init__()
+        # The memory module's own __init__, not spikingjelly's neuron __init__ (a base class too when
+        # spikingjelly is installed): that one asserts on types we accept and sets its own defaults.
+        _MEMORY_BASE.__init__(self)
+        if surrogate_function is None:
+            surrogate_function = Surrogate("sigmoid")
         self.v_threshold = check_real("v_threshold", v_threshold)
         self.v_reset = check_real("v_reset", v_reset, allow_none=True)
         check_surrogate(surrogate_function)
@@ -142,6 +195,7 @@ class _NeuronBase(memory_module_base()):
         # first call, shaped like one step of the input; reset() makes it the float again.
         self.register_memory("v", 0.0 if self.v_reset is None else self.v_reset)
         self._eager_warned = False
+        self._neuron_precision = None  # spikingjelly's mixed-precision mode: never set on ours
 
     # -- the spikingjelly module contract (step_mode: _memory.StepModeMixin) ----------------------
 
@@ -224,7 +278,10 @@ class _NeuronBase(memory_module_base()):
         if isinstance(v, torch.Tensor):
             if v.shape != x_step.shape:
                 return None  # a new input shape starts from a fresh state
-            return v.to(x_step.device)
+            # the carried state follows the input, as spikingjelly casts it (fp32 state for
+            # fp32 / fp16 / bf16 inputs, fp64 for fp64)
+            state_dtype = torch.float64 if x_step.dtype == torch.float64 else torch.float32
+            return v.to(device=x_step.device, dtype=state_dtype)
         if isinstance(v, (int, float)) and not isinstance(v, bool):
             if float(v) == reset_value:
                 return None
@@ -274,10 +331,24 @@ class _NeuronBase(memory_module_base()):
         return lif_reference_forward(x_seq, v_init, decay, cfg, spike_fn=spike_fn)
 
     def extra_repr(self) -> str:
-        return (
+        # spikingjelly's fields in its order, then ours; a surrogate module shows as a child module
+        # (``(surrogate_function): Sigmoid(alpha=4.0, spiking=True)``), as in spikingjelly's repr
+        text = (
             f"v_threshold={self.v_threshold}, v_reset={self.v_reset}, detach_reset={self.detach_reset}, "
-            f"step_mode={self.step_mode}, backend={self.backend}"
+            f"step_mode={self.step_mode}{self._leak_repr()}, store_v_seq={self.store_v_seq}, backend={self.backend}"
         )
+        fn = self.surrogate_function
+        if not isinstance(fn, nn.Module):
+            surrogate, _ = kernel_surrogate(fn)
+            if surrogate is not None:
+                name, alpha = surrogate
+                text += f", surrogate_function={name}, alpha={default_alpha(name) if alpha is None else alpha}"
+            else:
+                text += f", surrogate_function={fn!r}"
+        return text
+
+    def _leak_repr(self) -> str:
+        return ""
 
 
 def _describe(value) -> str:
@@ -286,7 +357,7 @@ def _describe(value) -> str:
     return f"{type(value).__name__} {value!r}"
 
 
-class LIFNode(_NeuronBase):
+class LIFNode(_NeuronBase, *_spikingjelly_neuron("LIFNode")):
     """Leaky integrate-and-fire neuron, spikingjelly 2.0.0's ``neuron.LIFNode`` on fused kernels.
 
     Per step: ``H = V + (X - (V - V_reset)) / tau`` (``decay_input``) or
@@ -299,8 +370,10 @@ class LIFNode(_NeuronBase):
         v_threshold: firing threshold.
         v_reset: hard-reset value, or None for soft reset.
         surrogate_function: a spikingjelly surrogate object (Sigmoid, ATan, PiecewiseQuadratic, Erf,
-            PiecewiseExp, SoftSign, SuperSpike and Rect run fused, others on the eager loop), one of our
-            names (``tks_kernels.SURROGATES``, default alpha) or a ``(name, alpha)`` pair.
+            PiecewiseExp, SoftSign, SuperSpike and Rect run fused, others on the eager loop; an
+            instance, not the class), a ``tks.surrogate.Surrogate``, one of our names
+            (``tks_kernels.SURROGATES``, default alpha) or a ``(name, alpha)`` pair. Default:
+            spikingjelly's shared ``surrogate.Sigmoid()`` (alpha 4), see the module docstring.
         detach_reset: the spike in the reset carries no gradient.
         step_mode: 's' (input ``[N, *]``, one step) or 'm' (input ``[T, N, *]``).
         store_v_seq: keep ``self.v_seq`` (``[T, N, *]``) besides the last ``self.v``.
@@ -322,7 +395,7 @@ class LIFNode(_NeuronBase):
         decay_input: bool = True,
         v_threshold: float = 1.0,
         v_reset: Optional[float] = 0.0,
-        surrogate_function: SurrogateSpec = "sigmoid",
+        surrogate_function: SurrogateSpec = _default_surrogate("LIFNode"),
         detach_reset: bool = False,
         step_mode: str = "s",
         store_v_seq: bool = False,
@@ -339,11 +412,11 @@ class LIFNode(_NeuronBase):
     def _decay_input(self) -> bool:
         return self.decay_input
 
-    def extra_repr(self) -> str:
-        return super().extra_repr() + f", tau={self.tau}"
+    def _leak_repr(self) -> str:
+        return f", tau={self.tau}, decay_input={self.decay_input}"
 
 
-class IFNode(_NeuronBase):
+class IFNode(_NeuronBase, *_spikingjelly_neuron("IFNode")):
     """Integrate-and-fire neuron (no leak, ``H = V + X``), spikingjelly 2.0.0's ``neuron.IFNode``.
     Arguments and state as :class:`LIFNode` (without ``tau`` / ``decay_input``)."""
 
@@ -351,7 +424,7 @@ class IFNode(_NeuronBase):
         self,
         v_threshold: float = 1.0,
         v_reset: Optional[float] = 0.0,
-        surrogate_function: SurrogateSpec = "sigmoid",
+        surrogate_function: SurrogateSpec = _default_surrogate("IFNode"),
         detach_reset: bool = False,
         step_mode: str = "s",
         store_v_seq: bool = False,
@@ -364,7 +437,7 @@ class IFNode(_NeuronBase):
         return {"tau": None}
 
 
-class ParametricLIFNode(_NeuronBase):
+class ParametricLIFNode(_NeuronBase, *_spikingjelly_neuron("ParametricLIFNode")):
     """LIF neuron with a learnable time constant, spikingjelly 2.0.0's ``neuron.ParametricLIFNode``.
 
     ``1 / tau = sigmoid(w)`` with the parameter ``self.w`` initialised to ``-ln(init_tau - 1)``;
@@ -378,7 +451,7 @@ class ParametricLIFNode(_NeuronBase):
         decay_input: bool = True,
         v_threshold: float = 1.0,
         v_reset: Optional[float] = 0.0,
-        surrogate_function: SurrogateSpec = "sigmoid",
+        surrogate_function: SurrogateSpec = _default_surrogate("ParametricLIFNode"),
         detach_reset: bool = False,
         step_mode: str = "s",
         store_v_seq: bool = False,
@@ -396,7 +469,7 @@ class ParametricLIFNode(_NeuronBase):
     def _decay_input(self) -> bool:
         return self.decay_input
 
-    def extra_repr(self) -> str:
+    def _leak_repr(self) -> str:
         with torch.no_grad():
             tau = 1.0 / self.w.sigmoid()
-        return super().extra_repr() + f", tau={tau}"
+        return f", tau={tau}, decay_input={self.decay_input}"

@@ -13,12 +13,16 @@ __all__ = ["replace_neurons"]
 
 INSTALL_HINT = "pip install spikingjelly==2.0.0 (or pip install tks-kernels[test])"
 
-# Hook dictionaries moved to the new module (shared, so handles from register_*_hook still remove
-# them), e.g. spikingjelly's monitors.
+# Every per-module hook dictionary of nn.Module, moved to the new module (the same dict objects, so
+# handles from register_*_hook still remove them), e.g. spikingjelly's monitors; and the flag that
+# tells torch whether ``_backward_hooks`` holds full (register_full_backward_hook) or legacy hooks,
+# without which torch ignores them.
 HOOK_DICTS = (
     "_forward_hooks", "_forward_hooks_with_kwargs", "_forward_hooks_always_called",
     "_forward_pre_hooks", "_forward_pre_hooks_with_kwargs", "_backward_hooks", "_backward_pre_hooks",
+    "_state_dict_hooks", "_state_dict_pre_hooks", "_load_state_dict_pre_hooks", "_load_state_dict_post_hooks",
 )
+HOOK_FLAGS = ("_is_full_backward_hook",)
 
 
 def replace_neurons(model: nn.Module, backend: str = "auto") -> int:
@@ -26,8 +30,9 @@ def replace_neurons(model: nn.Module, backend: str = "auto") -> int:
     ``model`` by :class:`tks.LIFNode` / :class:`tks.IFNode` / :class:`tks.ParametricLIFNode`.
 
     Carried over: every hyper-parameter, the surrogate object, step mode, ``store_v_seq``, the
-    current state (``v``, ``v_seq``) and its reset value, the training flag, forward/backward
-    hooks, and PLIF's ``w`` (the same ``Parameter`` object: optimizers built before keep
+    current state (``v``, ``v_seq``) and its reset value, the training flag, every hook registered
+    on the layer (forward and forward-pre, with kwargs or always-called; full and legacy backward,
+    backward-pre; state-dict and load-state-dict hooks), and PLIF's ``w`` (the same ``Parameter`` object: optimizers built before keep
     updating it, and ``state_dict`` keys stay the same). Outputs and gradients stay the same;
     ``v`` is kept in fp32 from then on (spikingjelly keeps it in the input's dtype).
 
@@ -46,8 +51,13 @@ def replace_neurons(model: nn.Module, backend: str = "auto") -> int:
     Returns:
         How many neurons were replaced.
 
+    All or nothing: every layer is converted before any is swapped in, so a layer that cannot be
+    converted (e.g. ``tau`` set to 1.0 after construction) raises a ValueError / TypeError naming
+    its path and leaves the model untouched.
+
     Raises:
         ImportError: spikingjelly is not installed.
+        ValueError, TypeError: a layer's settings are invalid (the message names the layer).
 
     Example::
 
@@ -67,7 +77,8 @@ def replace_neurons(model: nn.Module, backend: str = "auto") -> int:
         )
     skipped: list[str] = []
     replaced: dict[int, nn.Module] = {}  # id(old) -> new: a layer used twice is replaced by one new layer
-    count = 0
+    swaps: list[tuple[nn.Module, str, nn.Module]] = []  # (parent, child name, new): applied at the end
+    ours = tuple(new_cls for new_cls, _ in converters.values())
     for parent_name, parent in list(model.named_modules(remove_duplicate=False)):
         for child_name, child in list(parent._modules.items()):
             if child is None:
@@ -76,7 +87,8 @@ def replace_neurons(model: nn.Module, backend: str = "auto") -> int:
             new = replaced.get(id(child))
             if new is None:
                 if type(child) not in converters:
-                    if any(isinstance(child, cls) for cls in converters):
+                    # our neurons subclass spikingjelly's: already on the kernels, not a subclass to warn about
+                    if not isinstance(child, ours) and any(isinstance(child, cls) for cls in converters):
                         skipped.append(f"{path} ({type(child).__qualname__}: a subclass, it may override the dynamics)")
                     continue
                 why_not = _unsupported(child)
@@ -84,10 +96,20 @@ def replace_neurons(model: nn.Module, backend: str = "auto") -> int:
                     skipped.append(f"{path} ({type(child).__qualname__}: {why_not})")
                     continue
                 new_cls, make_kwargs = converters[type(child)]
-                new = _convert(child, new_cls, make_kwargs(child), backend)
+                try:
+                    new = _convert(child, new_cls, make_kwargs(child), backend)
+                except (TypeError, ValueError) as e:
+                    # nothing has been swapped yet: the model is left exactly as it was
+                    raise type(e)(
+                        f"replace_neurons: layer {path!r} ({type(child).__module__}.{type(child).__qualname__}) cannot "
+                        f"be converted, so no layer of the model was replaced: {e}"
+                    ) from e
                 replaced[id(child)] = new
-                count += 1
-            parent._modules[child_name] = new
+            swaps.append((parent, child_name, new))
+    # every layer converted: now swap them in (all or nothing)
+    for parent, child_name, new in swaps:
+        parent._modules[child_name] = new
+    count = len(replaced)
     if skipped:
         warnings.warn(
             f"replace_neurons left {len(skipped)} spikingjelly neuron(s) as they are: " + "; ".join(skipped),
@@ -191,7 +213,7 @@ def _convert(old: nn.Module, new_cls: type, kwargs: dict, backend: str) -> nn.Mo
     if kwargs["store_v_seq"] and v_seq is not None:
         new.v_seq = v_seq
     new.train(old.training)
-    for name in HOOK_DICTS:
-        if hasattr(old, name):
-            setattr(new, name, getattr(old, name))
+    for name in HOOK_DICTS + HOOK_FLAGS:
+        if name in old.__dict__:
+            object.__setattr__(new, name, old.__dict__[name])
     return new

@@ -1,0 +1,56 @@
+"""A surrogate-gradient object of our own, for when spikingjelly is not installed.
+
+``Surrogate(name, alpha)`` behaves like spikingjelly's surrogate objects where the neurons use
+them: a module with a mutable ``alpha`` (read at every call, so annealing code such as
+``node.surrogate_function.alpha = 6.0`` works), called on ``x = H - v_threshold`` to give the
+Heaviside spike whose backward is the surrogate's derivative.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import torch.nn as nn
+
+from tks_kernels._checks import check_real
+from tks_kernels.lif.surrogate import SURROGATES, default_alpha, spike
+
+__all__ = ["Surrogate"]
+
+
+class Surrogate(nn.Module):
+    """The surrogate ``name`` (one of ``tks_kernels.SURROGATES``) with sharpness ``alpha``
+    (None: spikingjelly 2.0.0's default for it). ``surrogate(x)``: spikes ``(x >= 0)`` in x's dtype,
+    backward ``grad * g'(x)``.
+
+    Example::
+
+        >>> node = tks.LIFNode(surrogate_function=tks.surrogate.Surrogate("atan", 2.0))
+        >>> node.surrogate_function.alpha = 4.0      # used from the next call on
+    """
+
+    spiking = True  # spikingjelly's flag: the forward returns spikes
+
+    def __init__(self, name: str = "sigmoid", alpha: Optional[float] = None):
+        super().__init__()
+        if not isinstance(name, str) or name not in SURROGATES:
+            raise ValueError(f"surrogate name={name!r} is unknown; choose one of {', '.join(SURROGATES)}")
+        self.name = name
+        self.alpha = default_alpha(name) if alpha is None else alpha
+
+    @property
+    def alpha(self) -> float:
+        return self._alpha
+
+    @alpha.setter
+    def alpha(self, value: float) -> None:
+        value = check_real("alpha", value)
+        if not value > 0:
+            raise ValueError(f"alpha must be > 0, got {value}")
+        self._alpha = value
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return spike(x, self.name, self.alpha)
+
+    def extra_repr(self) -> str:
+        return f"name={self.name!r}, alpha={self.alpha}, spiking=True"
