@@ -113,3 +113,26 @@ def test_corrupt_checkpoint_and_not_a_run(tmp_path, two_runs, capsys):
     with pytest.raises(SystemExit):
         tks_eval.main([str(tmp_path / "nothing"), "--out", str(tmp_path / "o")])
     assert "no checkpoint" in capsys.readouterr().err
+
+
+def test_table_leaves_cells_blank_beyond_a_runs_T():
+    """Runs trained with different T line up: T' columns beyond a run's T are blank and the AURC
+    stays in its own column."""
+    short = {"label": "short", "timesteps": [(1, 0.5, 0.1), (2, 0.6, 0.2)]}
+    long = {"label": "long", "timesteps": [(t, 0.1 * t, 0.3) for t in range(1, 5)]}
+    lines = tks_eval.format_table([short, long]).splitlines()
+    head, row_short, row_long = lines[0], lines[2], lines[3]
+    assert len(row_short) == len(row_long) == len(head)
+    aurc_col = head.index("AURCx1000")
+    assert row_short[aurc_col:].strip() == "200.00" and row_long[aurc_col:].strip() == "300.00"
+    t3 = head.index("T'=3")
+    assert row_short[t3:t3 + 6].strip() == "" and row_long[t3:t3 + 6].strip() == "30.00"
+
+
+def test_a_file_that_is_not_a_checkpoint_says_pass_the_run_folder(two_runs, capsys):
+    with pytest.raises(SystemExit) as e:
+        tks_eval.main([str(two_runs / "ce" / "config.json"), "--out", str(two_runs / "o")])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert "is not a tks-train checkpoint" in err and "pass the run folder" in err
+    assert "delete" not in err and "corrupt" not in err and len(err.strip().splitlines()) == 1

@@ -119,3 +119,25 @@ def test_mean_ce_loss(label_smoothing):
 def test_bad_arguments(make, error, match):
     with pytest.raises(error, match=match):
         make()
+
+
+def test_numpy_scalars_are_numbers_and_bools_are_not():
+    """np.float32 / np.int64 / 0-dim arrays are accepted wherever a number is, stored as Python
+    numbers; bools (Python or numpy) are refused."""
+    import numpy as np
+
+    logits, target = make_logits(seed=4)
+    criterion = tks.TKSLoss(temperature=np.float32(3.0), lam_max=np.float64(0.7), epochs=np.int64(10))
+    assert criterion.set_epoch(np.int64(5)) == pytest.approx(0.35)
+    assert type(criterion.epoch) is int and type(criterion.epochs) is int and type(criterion.temperature) is float
+    expected = tks_kernels.tks_loss(logits, target, lam=0.35, temperature=3.0)
+    assert_rel_close(criterion(logits, target), expected, TOL, "loss with numpy arguments")
+    assert_rel_close(tks_kernels.tks_loss(logits, target, lam=np.float32(0.35), temperature=np.array(3.0)), expected,
+                     TOL, "tks_loss with numpy lam / temperature")
+    assert tks_kernels.tks_lambda(np.int32(3), np.int64(6), np.float32(0.5)) == pytest.approx(0.25)
+    with pytest.raises(TypeError, match="epoch must be an int"):
+        criterion.set_epoch(np.bool_(True))
+    with pytest.raises(TypeError, match="epoch must be an int"):
+        criterion.set_epoch(2.0)
+    with pytest.raises(TypeError, match="lam must be a float"):
+        tks_kernels.tks_loss(logits, target, lam=True)

@@ -129,3 +129,34 @@ def test_bad_inputs():
         model(torch.rand(3, 2, 1, 8, 8), T=2)
     with pytest.raises(ValueError, match="width"):
         build_model("convsnn", num_classes=10, in_channels=1, image_size=8, width=0)
+
+
+@pytest.mark.parametrize("T, error, match", [
+    (2.5, TypeError, "T must be an int"),
+    (True, TypeError, "T must be an int"),
+    (0, ValueError, "T must be >= 1"),
+    (torch.tensor(2), TypeError, "T must be an int"),
+])
+def test_T_is_an_integer_never_truncated(T, error, match):
+    model = build_model("convsnn", num_classes=10, in_channels=1, image_size=8)
+    with pytest.raises(error, match=match):
+        model(torch.rand(2, 1, 8, 8), T=T)
+
+
+def test_numpy_T_and_fp64_models():
+    """An fp64 model runs (the neurons' fp64 reference), as tks.LIFNode does, and agrees with
+    its fp32 twin; numpy integers count as T."""
+    import numpy as np
+
+    torch.manual_seed(0)
+    model = build_model("convsnn", num_classes=10, in_channels=1, image_size=8, width=0.5)
+    twin = build_model("convsnn", num_classes=10, in_channels=1, image_size=8, width=0.5).double()
+    twin.load_state_dict(model.state_dict())
+    x = torch.rand(4, 1, 8, 8) * 2
+    out = model(x, T=np.int64(3))
+    x64 = x.double().requires_grad_()
+    out64 = twin(x64, T=3)
+    assert out64.dtype == torch.float64 and out64.shape == out.shape == (3, 4, 10)
+    torch.testing.assert_close(out64.float(), out, rtol=1e-4, atol=1e-5)
+    (grad,) = torch.autograd.grad(out64.square().sum(), x64)
+    assert grad.dtype == torch.float64 and grad.abs().sum() > 0

@@ -236,3 +236,81 @@ def test_cuda_amp_train_and_eval(tmp_path):
     assert tks_eval.main([str(out), "--device", "cuda"]) == 0
     final = _read_csv(out / "eval" / "timesteps.csv")[-1]
     assert float(final["top1"]) == pytest.approx(float(rows[-1]["test_acc"]), abs=0.01)  # fp32 eval vs fp16
+
+
+def _one_line_error(capsys, argv, *needles):
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as e:
+        train.main(argv)
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("tks-train: error: "), err
+    for needle in needles:
+        assert needle in err, err
+    return err
+
+
+@pytest.mark.parametrize("device, needle", [("tpu0", "not a device"), ("meta", "runs on cpu or cuda"),
+                                             ("cuda:7", "cuda")])
+def test_bad_device_is_one_line(tmp_path, capsys, device, needle):
+    _one_line_error(capsys, TINY + ["--device", device, "--out", str(tmp_path / "r")], f"--device {device}", needle)
+
+
+def test_a_model_that_does_not_fit_the_dataset_is_one_line(tmp_path, capsys):
+    _one_line_error(capsys, TINY + ["--model", "vggsnn", "--out", str(tmp_path / "r")],
+                    "--model vggsnn does not fit --dataset digits (1x8x8 inputs)", "default for digits is convsnn")
+
+
+def test_download_without_network_names_the_url_and_the_folder(tmp_path, capsys, monkeypatch):
+    import urllib.error
+
+    import torchvision
+
+    def offline(*args, **kwargs):
+        raise urllib.error.URLError("[Errno -3] Temporary failure in name resolution")
+
+    monkeypatch.setattr(torchvision.datasets.CIFAR10, "__init__", offline)
+    _one_line_error(capsys, ["--dataset", "cifar10", "--download", "--data-dir", str(tmp_path / "d"), "--out",
+                             str(tmp_path / "r")],
+                    "--download of cifar10 failed", torchvision.datasets.CIFAR10.url, "cifar-10-batches-py")
+
+
+def test_interrupt_says_what_is_saved_and_how_to_resume(tmp_path, capsys, monkeypatch):
+    out = tmp_path / "run"
+    calls = {"n": 0}
+    real = runs.model_outputs
+
+    def interrupt_in_epoch_two(model, x, T, static):
+        calls["n"] += 1
+        if model.training and calls["n"] > 4:  # 3 training batches of epoch 1 (+ its evaluation) pass
+            raise KeyboardInterrupt
+        return real(model, x, T, static)
+
+    monkeypatch.setattr(runs, "model_outputs", interrupt_in_epoch_two)
+    assert train.main(TINY + ["--epochs", "3", "--out", str(out)]) == 130
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err == (f"tks-train: interrupted (SIGINT) during epoch 2/3; epoch 1 is saved in {out / 'checkpoint.pt'}; "
+                   f"continue with: tks-train --out {out} --resume")
+    monkeypatch.setattr(runs, "model_outputs", real)
+    assert train.main(["--out", str(out), "--resume"]) == 0
+    assert load_checkpoint(str(out / "checkpoint.pt"))["epoch"] == 3
+
+
+def test_sigterm_says_what_is_saved(tmp_path):
+    """A killed job (SIGTERM, as schedulers send) stops with the same one line, exit 143."""
+    import signal
+    import time
+
+    out = tmp_path / "run"
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([ROOT, os.path.join(ROOT, "python")]))
+    proc = subprocess.Popen([sys.executable, "-m", "tks.train", *TINY, "--epochs", "1000", "--out", str(out)],
+                            env=env, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
+    deadline = time.time() + 120
+    while not (out / "checkpoint.pt").exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 143, err[-2000:]
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("tks-train: interrupted (SIGTERM) during epoch ") and "is saved in" in last, last
+    assert f"continue with: tks-train --out {out} --resume" in last and "Traceback" not in err

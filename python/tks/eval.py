@@ -153,13 +153,15 @@ def plot(results: list[dict], path: str) -> None:
 
 
 def format_table(results: list[dict]) -> str:
-    """One row per run: top-1 (%) at every T', then AURC x 1000 at the full T'."""
+    """One row per run: top-1 (%) at every T' (blank where T' is beyond what the run was tested
+    at), then AURC x 1000 at the run's largest T', in its own column."""
     t_max = max(len(r["timesteps"]) for r in results)
     width = max(len(r["label"]) for r in results)
     head = f"{'run':<{width}}  " + "  ".join(f"T'={t:<3}" for t in range(1, t_max + 1)) + "  AURCx1000"
     lines = [head, "-" * len(head)]
     for r in results:
-        accs = "  ".join(f"{100 * a:6.2f}" for _, a, _ in r["timesteps"])
+        by_t = {t: a for t, a, _ in r["timesteps"]}
+        accs = "  ".join(f"{100 * by_t[t]:6.2f}" if t in by_t else " " * 6 for t in range(1, t_max + 1))
         lines.append(f"{r['label']:<{width}}  {accs}  {1000 * r['timesteps'][-1][2]:9.2f}")
     return "\n".join(lines)
 

@@ -8,7 +8,7 @@ import torch
 import torch.nn as nn
 
 import tks_kernels
-from tks_kernels._checks import check_bool, check_choice, check_real
+from tks_kernels._checks import check_bool, check_choice, check_int, check_real
 
 __all__ = ["TKSLoss", "TETLoss", "MeanCELoss"]
 
@@ -71,6 +71,7 @@ class TKSLoss(nn.Module):
 
         self.lam_max = _check_unit("lam_max", lam_max)
         if epochs is not None:
+            epochs = check_int("epochs", epochs)
             tks_kernels.tks_lambda(0, epochs, lam_max)  # checks epochs
         self.temperature = check_real("temperature", temperature)
         if not self.temperature > 0:
@@ -90,6 +91,7 @@ class TKSLoss(nn.Module):
                 f"this TKSLoss has no schedule (epochs=None): lam is fixed at lam_max={self.lam_max}; "
                 "construct it with epochs=<number of training epochs> for the authors' ramp"
             )
+        epoch = check_int("epoch", epoch)
         lam = tks_kernels.tks_lambda(epoch, self.epochs, self.lam_max)  # checks epoch
         self.epoch = epoch
         return lam

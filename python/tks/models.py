@@ -1,8 +1,10 @@
 """Spiking CNNs of the TKS experiments, multi-step over all T at once.
 
-Every model takes either a sequence ``x [T, B, C, H, W]`` (event frames) or a static image batch
-``x [B, C, H, W]`` with ``T=`` (direct encoding: the image is the input current at every step) and
-returns one output per step, ``logits [T, B, num_classes]``. No state is carried between calls.
+Every model takes either a sequence ``x [T, B, C, H, W]`` (time first: event frames) or a static
+image batch ``x [B, C, H, W]`` with an integer ``T=`` (direct encoding: the image is the input
+current at every step) and returns one output per step, ``logits [T, B, num_classes]``. No state
+is carried between calls. Any float dtype: fp64 runs the neurons' fp64 eager reference (for
+gradcheck-style checks; the fused kernels take fp32 / fp16 / bf16).
 
 Conv, BatchNorm, pooling and linear layers run on ``T*B`` flattened samples (BatchNorm statistics
 over time and batch together, as tdBN); the spiking neurons run over all T steps in one call of
@@ -54,10 +56,14 @@ class MultiStepLIF(nn.Module):
 
     def forward(self, x_seq: torch.Tensor) -> torch.Tensor:
         n = self.neuron
-        spikes, _ = tks_kernels.lif_multistep(
-            x_seq, tau=n.tau, v_threshold=n.v_threshold, v_reset=n.v_reset, decay_input=n.decay_input,
-            detach_reset=n.detach_reset, surrogate=n.surrogate, alpha=n.alpha, backend=n.backend,
-        )
+        kwargs = dict(tau=n.tau, v_threshold=n.v_threshold, v_reset=n.v_reset, decay_input=n.decay_input,
+                      detach_reset=n.detach_reset, surrogate=n.surrogate, alpha=n.alpha)
+        if x_seq.dtype == torch.float64 and n.backend in ("auto", "torch"):
+            # the kernels take fp32 / fp16 / bf16: fp64 (gradcheck-style checks) runs the fp64
+            # reference, as tks.LIFNode does
+            spikes, _ = tks_kernels.lif_multistep_reference(x_seq, **kwargs)
+        else:
+            spikes, _ = tks_kernels.lif_multistep(x_seq, **kwargs, backend=n.backend)
         return spikes
 
     def extra_repr(self) -> str:
@@ -86,23 +92,27 @@ def conv_bn(c_in: int, c_out: int, stride: int = 1, kernel: int = 3, bn_weight: 
 
 
 class SpikingModel(nn.Module):
-    """Base: ``forward(x, T=None)``; a static input is encoded by ``stem`` once and repeated T times."""
+    """Base: ``forward(x, T=None)`` with ``x [T, B, C, H, W]`` (time first) or ``x [B, C, H, W]`` and an
+    integer ``T``; returns ``[T, B, num_classes]``. A static input is encoded by ``stem`` once and
+    repeated T times."""
 
     stem: nn.Module  # conv+BN applied to [N, C, H, W]
     input_channels: int
 
     def encode(self, x: torch.Tensor, T: Optional[int]) -> torch.Tensor:
         """Stem output as a sequence ``[T, B, C', H', W']``."""
+        if T is not None:
+            T = _check_steps(T)
         if x.dim() == 4:
-            if T is None or int(T) < 1:
+            if T is None:
                 raise ValueError(
-                    f"a static input [B, C, H, W] needs the number of steps: pass T >= 1 (got T={T}), "
-                    f"or pass a sequence [T, B, C, H, W]"
+                    "a static input [B, C, H, W] needs the number of steps: pass T >= 1 (got T=None), "
+                    "or pass a sequence [T, B, C, H, W]"
                 )
             y = self.stem(x)
-            return y.unsqueeze(0).expand(int(T), *y.shape)
+            return y.unsqueeze(0).expand(T, *y.shape)
         if x.dim() == 5:
-            if T is not None and int(T) != x.shape[0]:
+            if T is not None and T != x.shape[0]:
                 raise ValueError(f"T={T} does not match the sequence length x.shape[0]={x.shape[0]}")
             t, b = x.shape[:2]
             y = self.stem(x.flatten(0, 1))
@@ -111,6 +121,19 @@ class SpikingModel(nn.Module):
             f"x must be [T, B, C, H, W] (a sequence) or [B, C, H, W] with T= (a static image), "
             f"got shape {tuple(x.shape)}"
         )
+
+
+def _check_steps(T) -> int:
+    """T as a Python int >= 1 (numpy integers too); 2.5 or True is an error, never truncated."""
+    from tks_kernels._checks import check_int
+
+    try:
+        T = check_int("T", T)
+    except TypeError as e:
+        raise TypeError(f"{e} (the number of timesteps)") from None
+    if T < 1:
+        raise ValueError(f"T must be >= 1 (the number of timesteps), got {T}")
+    return T
 
 
 def _ch(width: float, c: int) -> int:

@@ -69,6 +69,14 @@ def load_checkpoint(path: str, map_location: str | torch.device = "cpu") -> dict
 
     # torch.save writes a zip archive whose directory is at the end: a cut-off file has none
     if not zipfile.is_zipfile(path):
+        with open(path, "rb") as f:
+            magic = f.read(4)
+        if magic != b"PK\x03\x04" and os.path.basename(path) != CHECKPOINT_FILE:
+            # another file (config.json, metrics.csv, ...): say what to pass, never advise deleting it
+            raise CheckpointError(
+                f"{path} is not a tks-train checkpoint (not a torch.save archive); pass the run folder "
+                f"(the one holding {CHECKPOINT_FILE}) or its {CHECKPOINT_FILE}"
+            )
         raise corrupt("not a complete torch.save archive")
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)

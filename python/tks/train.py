@@ -17,7 +17,9 @@ import io
 import math
 import os
 import random
+import signal
 import sys
+import threading
 import time
 from dataclasses import asdict
 from typing import Optional
@@ -68,7 +70,8 @@ def build_parser(suppress_defaults: bool = False) -> argparse.ArgumentParser:
     p.add_argument("--warmup-epochs", type=int, default=d(None),
                    help="linear warm-up (default: epochs // 10, at most 5)")
     p.add_argument("--amp", action="store_true", default=d(False),
-                   help="mixed precision (fp16 + loss scaling on CUDA, bf16 on CPU)")
+                   help="mixed precision (fp16 + loss scaling on CUDA, bf16 on CPU). On the CPU it is slower, "
+                        "not faster: about 8x for digits, from torch's CPU bf16 convolutions, not these kernels")
     p.add_argument("--seed", type=int, default=d(0), help="seeds weights, data order and augmentation")
     p.add_argument("--out", default=d(None), help="run folder (default: runs/<dataset>-<model>-<loss>-T<T>)")
     p.add_argument("--resume", action="store_true", default=d(False),
@@ -108,10 +111,18 @@ def _setup_distributed(device_arg: str) -> tuple[int, int, torch.device]:
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     if device_arg == "auto":
         device_arg = "cuda" if torch.cuda.is_available() else "cpu"
-    device = torch.device(device_arg)
+    try:
+        device = torch.device(device_arg)
+    except (RuntimeError, ValueError):
+        raise _fail(f"--device {device_arg}: not a device; use auto, cpu, cuda or cuda:N") from None
+    if device.type not in ("cpu", "cuda"):
+        raise _fail(f"--device {device_arg}: tks-train runs on cpu or cuda; use auto, cpu, cuda or cuda:N")
     if device.type == "cuda":
         if not torch.cuda.is_available():
             raise _fail(f"--device {device_arg}: CUDA is not available here; use --device cpu")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise _fail(f"--device {device_arg}: this machine has {torch.cuda.device_count()} CUDA device(s) "
+                        f"(cuda:0 .. cuda:{torch.cuda.device_count() - 1})")
         if device.index is None:
             device = torch.device("cuda", local_rank if world > 1 else torch.cuda.current_device())
         torch.cuda.set_device(device)
@@ -167,6 +178,26 @@ def _resolve_options(argv: Optional[list[str]]) -> argparse.Namespace:
     if not 0 <= args.warmup_epochs < args.epochs:
         raise _fail(f"--warmup-epochs {args.warmup_epochs}: must be in [0, epochs={args.epochs})")
     return args
+
+
+def _build_model_or_fail(args, config: dict, info, device: torch.device):
+    """The run's model on ``device``, checked on one sample of the data's shape first, so a model
+    that does not fit the dataset is a one-line error instead of a traceback in the first step."""
+    shape = f"{info.in_channels}x{info.image_size}x{info.image_size}"
+    try:
+        model = runs.model_from_config(config).to(device)
+        probe = torch.zeros(1, info.in_channels, info.image_size, info.image_size, device=device)
+        if not info.static:
+            probe = probe.unsqueeze(0)  # one step of a sequence [T, B, ...]
+        model.eval()
+        with torch.no_grad():
+            model(probe, T=1) if info.static else model(probe)
+        model.train()
+    except (ValueError, RuntimeError) as e:
+        first = (str(e).strip().splitlines() or [""])[0]
+        raise _fail(f"--model {args.model} does not fit --dataset {args.dataset} ({shape} inputs): {first}; "
+                    f"choose another --model (the default for {args.dataset} is {info.default_model})") from None
+    return model
 
 
 def _lr_lambda(warmup_steps: int, total_steps: int):
@@ -236,17 +267,45 @@ def _evaluate(model, loader, T: int, static: bool, device, world: int, autocast)
     return loss_sum / max(count, 1), correct / max(count, 1)
 
 
+class _Progress:
+    """Where training is, for the one-line message on an interruption."""
+
+    epoch: Optional[int] = None  # the epoch running (1-based)
+    saved: int = 0  # the last epoch whose checkpoint is on disk
+
+
+def _raise_interrupt(signum, frame):
+    raise KeyboardInterrupt(signal.Signals(signum).name)
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     args = _resolve_options(argv)
     rank, world, device = _setup_distributed(args.device)
+    progress = _Progress()
+    previous = None
+    if threading.current_thread() is threading.main_thread():
+        previous = signal.signal(signal.SIGTERM, _raise_interrupt)  # a killed job says what is saved, too
     try:
-        return _train(args, rank, world, device)
+        return _train(args, rank, world, device, progress)
+    except KeyboardInterrupt as e:
+        if rank == 0:
+            what = f"during epoch {progress.epoch}/{args.epochs}" if progress.epoch else "before the first epoch"
+            if progress.saved:
+                saved = f"epoch {progress.saved} is saved in {runs.checkpoint_path(args.out)}"
+                then = f"continue with: tks-train --out {args.out} --resume"
+            else:
+                saved = "no epoch finished, nothing was saved"
+                then = "start again with the same command"
+            print(f"tks-train: interrupted ({str(e) or 'SIGINT'}) {what}; {saved}; {then}", file=sys.stderr)
+        return 143 if str(e) == "SIGTERM" else 130
     finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
         if world > 1 and dist.is_initialized():
             dist.destroy_process_group()
 
 
-def _train(args, rank: int, world: int, device: torch.device) -> int:
+def _train(args, rank: int, world: int, device: torch.device, progress: _Progress) -> int:
     if args.batch_size % world:
         raise _fail(f"--batch-size {args.batch_size} is the total over {world} processes: "
                     f"make it a multiple of {world}")
@@ -273,7 +332,7 @@ def _train(args, rank: int, world: int, device: torch.device) -> int:
 
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # fixed input shapes: let cuDNN pick the fastest convolutions
-    model = runs.model_from_config(config).to(device)
+    model = _build_model_or_fail(args, config, info, device)
     _seed_all(args.seed + rank)  # from here on (augmentation, dropout) each process draws its own numbers
     objective = Objective(args.loss, epochs=args.epochs, lam=args.lam, temperature=args.temperature,
                           label_smoothing=args.label_smoothing)
@@ -317,6 +376,7 @@ def _train(args, rank: int, world: int, device: torch.device) -> int:
         scaler.load_state_dict(ckpt["scaler"])
         _set_rng_state(ckpt["rng"][rank])
         start_epoch, history = ckpt["epoch"], list(ckpt["history"])
+        progress.saved = start_epoch
         config = ckpt["config"]
         if rank == 0:
             print(f"tks-train: resuming {args.out} after epoch {start_epoch}/{args.epochs}", file=sys.stderr)
@@ -332,6 +392,7 @@ def _train(args, rank: int, world: int, device: torch.device) -> int:
     from tqdm import tqdm
 
     for epoch in range(start_epoch, args.epochs):
+        progress.epoch = epoch + 1
         started = time.perf_counter()
         train_sampler.set_epoch(epoch)
         loader_rng.manual_seed(args.seed * 100003 + epoch * 1009 + rank)  # worker seeds: (seed, epoch, rank) only
@@ -384,6 +445,7 @@ def _train(args, rank: int, world: int, device: torch.device) -> int:
                     "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "rng": rng_states,
                 }, ckpt_path)
                 runs.write_metrics(args.out, history)
+                progress.saved = epoch + 1
             except OSError as e:
                 kept = f"the checkpoint of epoch {epoch} is kept" if epoch > 0 else "no checkpoint was kept"
                 raise _fail(f"could not write the checkpoint of epoch {epoch + 1} to {ckpt_path} ({e}); {kept}: "

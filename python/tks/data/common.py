@@ -28,6 +28,16 @@ class DatasetNotFoundError(FileNotFoundError):
     """The dataset is not on disk; the message says what to pass."""
 
 
+def download_failed(name: str, url: str, where: str, err: BaseException) -> DatasetNotFoundError:
+    """The error for a ``--download`` that could not fetch ``url``: which URL, why, and where to put
+    the files by hand."""
+    why = (str(err).strip().splitlines() or [""])[0][:200]
+    return DatasetNotFoundError(
+        f"--download of {name} failed: could not fetch {url} ({type(err).__name__}: {why}). Without network, "
+        f"download it on another machine and unpack it so that {where}, then run again without --download"
+    )
+
+
 def split_per_class(targets: list[int], test_fraction: float = 0.1, seed: int = 0) -> tuple[list[int], list[int]]:
     """Indices ``(train, test)``: per class a fixed shuffle, ``round(test_fraction * n)`` (at least 1
     when n >= 2) to test. Independent of the training seed, so every run sees the same split."""

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Subset
 
-from .common import DataInfo, DatasetNotFoundError, split_per_class
+from .common import DataInfo, DatasetNotFoundError, download_failed, split_per_class
 
 DVS_SIZE = 48  # frames are resized to 48x48 (the TET / TKS VGG-SNN input)
 CIFAR10_DVS_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
@@ -175,7 +175,10 @@ def _event_dataset(name: str, T: int, data_dir: str, download: bool, augment: bo
         size_hint = "about 2 GB"
     events = EventFolder(root, suffixes, reader, classes) if os.path.isdir(root) else None
     if (events is None or len(events) == 0) and download:
-        _download_events(name, data_dir)
+        try:
+            _download_events(name, data_dir)
+        except Exception as e:  # noqa: BLE001 - urllib, tonic and archive errors alike
+            raise download_failed(name, _download_url(name), f"the recordings are at {expected}", e) from e
         events = EventFolder(root, suffixes, reader, classes) if os.path.isdir(root) else None
     if events is None or len(events) == 0:
         raise DatasetNotFoundError(
@@ -192,6 +195,13 @@ def _event_dataset(name: str, T: int, data_dir: str, download: bool, augment: bo
     lam, temperature = 0.3, 5.0  # the authors' neuromorphic settings
     info = DataInfo(name, len(events.classes), 2, DVS_SIZE, False, "vggsnn", lam=lam, temperature=temperature)
     return train, test, info
+
+
+def _download_url(name: str) -> str:
+    import tonic
+
+    cls = tonic.datasets.CIFAR10DVS if name == "cifar10-dvs" else tonic.datasets.NCALTECH101
+    return getattr(cls, "url", f"the URL of tonic.datasets.{cls.__name__}")
 
 
 def _download_events(name: str, data_dir: str) -> None:

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, TensorDataset
 
-from .common import DataInfo, DatasetNotFoundError
+from .common import DataInfo, DatasetNotFoundError, download_failed
 
 CIFAR_MEAN_STD = {
     "cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
@@ -100,7 +100,11 @@ def _cifar(name: str, T: int, data_dir: str, download: bool, augment: bool):
         import torchvision
 
         cls = torchvision.datasets.CIFAR10 if name == "cifar10" else torchvision.datasets.CIFAR100
-        cls(data_dir, train=True, download=True)  # fetches, checks the md5 and extracts
+        try:
+            cls(data_dir, train=True, download=True)  # fetches, checks the md5 and extracts
+        except Exception as e:  # noqa: BLE001 - urllib, torchvision and tarfile errors alike
+            raise download_failed(name, cls.url, f"{folder}/ holds the python batches ({', '.join(train_files[:1])}, ...)",
+                                  e) from e
         missing = [f for f in train_files + test_files if not os.path.isfile(os.path.join(folder, f))]
     if missing:
         raise DatasetNotFoundError(
