@@ -66,7 +66,7 @@ def test_resnet19_topology_full_size(name):
 
 def test_sew_blocks_add_spikes():
     model = build_model("sew_resnet19", num_classes=10, in_channels=3, image_size=32, width=0.125).eval()
-    block = model.features[1]  # first SEW block, identity shortcut
+    block = model.stages[0][1]  # first SEW block, identity shortcut
     x = (torch.rand(2, 2, 16, 32, 32) > 0.5).float()
     out = block(x)
     residual = block.sn2(block.conv2(block.sn1(block.conv1(x))))

@@ -34,7 +34,8 @@ def test_end_to_end_run_folder(tmp_path, capsys):
     assert config["neuron"]["v_threshold"] == 0.5 and config["neuron"]["surrogate"] == "piecewise_quadratic"
     rows = _read_csv(out / "metrics.csv")
     assert [r["epoch"] for r in rows] == ["1", "2"]
-    assert set(rows[0]) == {"epoch", "lr", "lam", "train_loss", "train_acc", "test_loss", "test_acc", "epoch_time_s"}
+    assert set(rows[0]) == {"epoch", "lr", "lam", "train_loss", "train_acc", "test_loss", "test_acc", "epoch_time_s",
+                            "train_ce", "train_kd", "train_selected"}  # the method's parts
     assert [float(r["lam"]) for r in rows] == [0.0, 0.35]  # lam_max * epoch / epochs (tks_kernels.tks_lambda)
     assert float(rows[-1]["lr"]) == 0.0  # cosine down to 0 at the end
     for r in rows:
@@ -277,21 +278,23 @@ def test_download_without_network_names_the_url_and_the_folder(tmp_path, capsys,
 
 def test_interrupt_says_what_is_saved_and_how_to_resume(tmp_path, capsys, monkeypatch):
     out = tmp_path / "run"
+    from tks.methods import MethodNet
+
     calls = {"n": 0}
-    real = runs.model_outputs
+    real = MethodNet.forward
 
-    def interrupt_in_epoch_two(model, x, T, static):
+    def interrupt_in_epoch_two(self, x):
         calls["n"] += 1
-        if model.training and calls["n"] > 4:  # 3 training batches of epoch 1 (+ its evaluation) pass
+        if calls["n"] > 3:  # the 3 training batches of epoch 1 pass
             raise KeyboardInterrupt
-        return real(model, x, T, static)
+        return real(self, x)
 
-    monkeypatch.setattr(runs, "model_outputs", interrupt_in_epoch_two)
+    monkeypatch.setattr(MethodNet, "forward", interrupt_in_epoch_two)
     assert train.main(TINY + ["--epochs", "3", "--out", str(out)]) == 130
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert err == (f"tks-train: interrupted (SIGINT) during epoch 2/3; epoch 1 is saved in {out / 'checkpoint.pt'}; "
                    f"continue with: tks-train --out {out} --resume")
-    monkeypatch.setattr(runs, "model_outputs", real)
+    monkeypatch.setattr(MethodNet, "forward", real)
     assert train.main(["--out", str(out), "--resume"]) == 0
     assert load_checkpoint(str(out / "checkpoint.pt"))["epoch"] == 3
 

@@ -107,10 +107,15 @@ def evaluate_run(run: str, *, T_max: Optional[int] = None, batch_size: int = 256
         timesteps.append((t, correct.double().mean().item(), aurc(mean.max(-1).values, correct)))
     per_step = torch.cat(step_correct, 1).double().mean(1)
     return {
-        "run": run_dir, "label": _label(run_dir, config["loss"]),
-        "loss": config["loss"], "T": T, "epoch": ckpt["epoch"], "n": int(y.numel()),
+        "run": run_dir, "label": _label(run_dir, _method(config)),
+        "loss": _method(config), "T": T, "epoch": ckpt["epoch"], "n": int(y.numel()),
         "timesteps": timesteps, "steps": [(t + 1, per_step[t].item()) for t in range(T)],
     }
+
+
+def _method(config: dict) -> str:
+    """The run's training method (``loss`` in runs written before methods had their own key)."""
+    return config.get("method", config.get("loss"))
 
 
 def _label(run_dir: str, loss: str) -> str:

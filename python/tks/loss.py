@@ -10,7 +10,7 @@ import torch.nn as nn
 import tks_kernels
 from tks_kernels._checks import check_bool, check_choice, check_int, check_real
 
-__all__ = ["TKSLoss", "TETLoss", "MeanCELoss"]
+__all__ = ["TKSLoss", "TETLoss", "MeanCELoss", "KDLoss"]
 
 
 def _check_unit(name: str, value) -> float:
@@ -153,3 +153,28 @@ class MeanCELoss(nn.Module):
 
     def extra_repr(self) -> str:
         return f"label_smoothing={self.label_smoothing}, reduction={self.reduction!r}"
+
+
+class KDLoss(nn.Module):
+    """Distillation between two time-averaged outputs, :func:`tks_kernels.kd_loss` (fused):
+    ``temperature^2 * KL(softmax(mean_t teacher / tau) || softmax(mean_t student / tau))`` per
+    sample. ``student [Ts, B, C]`` or ``[B, C]``, ``teacher [Tt, B, C]`` or ``[B, C]`` (Ts and Tt
+    may differ) -> fp32 loss, 0-dim (or ``[B]`` with ``reduction="none"``). The teacher is detached
+    unless ``detach_teacher=False``."""
+
+    def __init__(self, temperature: float = 2.0, detach_teacher: bool = True, reduction: str = "mean",
+                 backend: str = "auto"):
+        super().__init__()
+        self.temperature = check_real("temperature", temperature)
+        if not self.temperature > 0:
+            raise ValueError(f"temperature must be > 0, got {self.temperature}")
+        self.detach_teacher = check_bool("detach_teacher", detach_teacher)
+        self.reduction = _check_reduction(reduction)
+        self.backend = backend
+
+    def forward(self, student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
+        return tks_kernels.kd_loss(student, teacher, temperature=self.temperature, detach_teacher=self.detach_teacher,
+                                   reduction=self.reduction, backend=self.backend)
+
+    def extra_repr(self) -> str:
+        return f"temperature={self.temperature}, detach_teacher={self.detach_teacher}, reduction={self.reduction!r}"

@@ -1,6 +1,7 @@
-"""tks-train: train a spiking CNN with the baseline, label smoothing, TET or TKS objective.
+"""tks-train: train a spiking CNN with one of the temporal training methods (tks.methods).
 
-    tks-train --dataset digits --model convsnn --loss tks --T 4 --epochs 30 --out runs/digits-tks
+    tks-train --dataset digits --model convsnn --method tks --T 4 --epochs 30 --out runs/digits-tks
+    tks-train --dataset digits-events --method tssd --teacher-T 16 --T 8 --out runs/events-tssd
     tks-train --out runs/digits-tks --resume                      # continue an interrupted run
     torchrun --nproc_per_node 4 -m tks.train --dataset cifar10 --model resnet19 --T 4 ...
 
@@ -31,12 +32,17 @@ from torch.utils.data import DataLoader, DistributedSampler, Sampler
 
 from . import runs
 from .data import DATASETS, DatasetNotFoundError, build_datasets
+from .methods import METHODS, OPTIONS, MethodNet, MethodOptionError, build_method, check_options, resolve_hparams
 from .models import MODELS, NeuronConfig
-from .objectives import OBJECTIVES, Objective
 
-# Options that define the training; a resumed run must not change them.
-RECIPE_KEYS = ("dataset", "model", "width", "T", "loss", "lam", "temperature", "label_smoothing", "epochs",
-               "batch_size", "lr", "weight_decay", "warmup_epochs", "amp", "seed")
+# Options that define the training; a resumed run must not change them (with the method's own
+# options, tks.methods.OPTIONS: see _recipe_keys).
+RECIPE_KEYS = ("dataset", "model", "width", "T", "method", "epochs", "batch_size", "lr", "weight_decay",
+               "warmup_epochs", "amp", "seed")
+
+
+def _recipe_keys(method: str) -> tuple[str, ...]:
+    return RECIPE_KEYS + METHODS[method].options
 
 
 def build_parser(suppress_defaults: bool = False) -> argparse.ArgumentParser:
@@ -56,13 +62,12 @@ def build_parser(suppress_defaults: bool = False) -> argparse.ArgumentParser:
                         "vggsnn for DVS)")
     p.add_argument("--width", type=float, default=d(1.0), help="channel multiplier (1.0 = the paper's model)")
     p.add_argument("--T", type=int, default=d(4), help="timesteps")
-    p.add_argument("--loss", choices=list(OBJECTIVES), default=d("tks"),
-                   help="ce: baseline (CE of the mean output), ls: label smoothing, tet: TET, tks: TKS")
-    p.add_argument("--lam", type=float, default=d(None),
-                   help="TKS: largest lambda; lambda = lam * epoch / epochs (default 0.7 static, 0.3 DVS data)")
-    p.add_argument("--temperature", type=float, default=d(None),
-                   help="TKS: teacher temperature (default 3 static, 5 DVS data)")
-    p.add_argument("--label-smoothing", type=float, default=d(0.1), help="ls: smoothing factor")
+    p.add_argument("--method", "--loss", dest="method", choices=list(METHODS), default=d("tks"),
+                   help="; ".join(f"{name}: {cls.summary}" for name, cls in METHODS.items())
+                        + " (--loss is the same option)")
+    group = p.add_argument_group("method options (each method reads its own; see --method)")
+    for option in OPTIONS.values():
+        group.add_argument(option.flag, dest=option.dest, type=option.type, default=d(None), help=option.help)
     p.add_argument("--epochs", type=int, default=d(30), help="training epochs (the authors: 300)")
     p.add_argument("--batch-size", type=int, default=d(128), help="total over all processes")
     p.add_argument("--lr", type=float, default=d(1e-3), help="AdamW peak learning rate")
@@ -138,7 +143,7 @@ def _resolve_options(argv: Optional[list[str]]) -> argparse.Namespace:
         if args.resume:
             raise _fail("--resume needs --out RUN_DIR, the run to continue")
         model = args.model or "default"
-        args.out = os.path.join("runs", f"{args.dataset}-{model}-{args.loss}-T{args.T}")
+        args.out = os.path.join("runs", f"{args.dataset}-{model}-{args.method}-T{args.T}")
     ckpt_path = runs.checkpoint_path(args.out)
     if args.resume:
         if not os.path.isfile(ckpt_path):
@@ -148,12 +153,14 @@ def _resolve_options(argv: Optional[list[str]]) -> argparse.Namespace:
             saved = runs.read_config(args.out)
         except FileNotFoundError as e:
             raise _fail(str(e))
-        changed = [f"--{k.replace('_', '-')} {given[k]} (the run has {saved[k]})"
-                   for k in RECIPE_KEYS if k in given and given[k] != saved[k]]
+        saved.setdefault("method", saved.get("loss"))  # runs written before methods had their own key
+        keys = _recipe_keys(saved["method"])
+        changed = [f"{_flag(k)} {given[k]} (the run has {saved.get(k)})"
+                   for k in set(keys) | set(OPTIONS) if k in given and given[k] != saved.get(k)]
         if changed:
             raise _fail(f"--resume continues the run in {args.out} with its own options; these differ: "
-                        f"{'; '.join(changed)}. Drop them, or start a new run in another --out")
-        for k in RECIPE_KEYS:
+                        f"{'; '.join(sorted(changed))}. Drop them, or start a new run in another --out")
+        for k in keys:
             setattr(args, k, saved[k])
         if "data_dir" not in given:
             args.data_dir = saved["data_dir"]
@@ -167,12 +174,14 @@ def _resolve_options(argv: Optional[list[str]]) -> argparse.Namespace:
     for name, value in (("lr", args.lr), ("weight-decay", args.weight_decay)):
         if not (math.isfinite(value) and value >= 0):
             raise _fail(f"--{name} {value}: must be a finite number >= 0")
-    if not 0 <= args.label_smoothing <= 1:
-        raise _fail(f"--label-smoothing {args.label_smoothing}: must be in [0, 1] (the TKS ablation uses 0.1)")
-    if args.lam is not None and not (math.isfinite(args.lam) and 0 <= args.lam <= 1):
-        raise _fail(f"--lam {args.lam}: the largest TKS weight must be in [0, 1] (the authors: 0.7 static, 0.3 DVS)")
-    if args.temperature is not None and not (math.isfinite(args.temperature) and args.temperature > 0):
-        raise _fail(f"--temperature {args.temperature}: must be > 0 (the authors: 3 static, 5 DVS)")
+    # the method's options: their domains and that the method uses them, before anything is built;
+    # what depends on the data is checked once the dataset is known (_train)
+    args.method_given = {d: getattr(args, d) for d in OPTIONS if getattr(args, d) is not None}
+    if not args.resume:
+        try:
+            check_options(args.method, args.method_given)
+        except MethodOptionError as e:
+            raise _fail(str(e))
     if args.warmup_epochs is None:
         args.warmup_epochs = min(5, args.epochs // 10)
     if not 0 <= args.warmup_epochs < args.epochs:
@@ -198,6 +207,10 @@ def _build_model_or_fail(args, config: dict, info, device: torch.device):
         raise _fail(f"--model {args.model} does not fit --dataset {args.dataset} ({shape} inputs): {first}; "
                     f"choose another --model (the default for {args.dataset} is {info.default_model})") from None
     return model
+
+
+def _flag(dest: str) -> str:
+    return OPTIONS[dest].flag if dest in OPTIONS else f"--{dest.replace('_', '-')}"
 
 
 def _lr_lambda(warmup_steps: int, total_steps: int):
@@ -249,15 +262,17 @@ def _gather_rng_states(world: int) -> list[dict]:
     return [torch.load(io.BytesIO(b), weights_only=True) for b in out]
 
 
-def _evaluate(model, loader, T: int, static: bool, device, world: int, autocast) -> tuple[float, float]:
-    """(mean CE of the mean output, top-1 of the mean output) over the whole test set."""
+def _evaluate(model, loader, T: int, static: bool, device, world: int, autocast,
+              eval_input=lambda x: x) -> tuple[float, float]:
+    """(mean CE of the mean output, top-1 of the mean output) over the whole test set;
+    ``eval_input`` turns a loader batch into the deployed model's input (the method's)."""
     model.eval()
     totals = torch.zeros(3, dtype=torch.float64, device=device)  # loss sum, correct, count
     with torch.no_grad():
         for x, y in loader:
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
             with autocast():
-                mean = runs.model_outputs(model, x, T, static).float().mean(0)
+                mean = runs.model_outputs(model, eval_input(x), T, static).float().mean(0)
             totals[0] += torch.nn.functional.cross_entropy(mean, y, reduction="sum").double()
             totals[1] += (mean.argmax(-1) == y).sum()
             totals[2] += y.numel()
@@ -311,21 +326,31 @@ def _train(args, rank: int, world: int, device: torch.device, progress: _Progres
                     f"make it a multiple of {world}")
     _seed_all(args.seed)  # the same on every process: the same initial weights
 
-    try:
-        if world > 1 and args.download and rank != 0:
-            dist.barrier()  # wait for process 0 to download, then read what it wrote
-        train_set, test_set, info = build_datasets(args.dataset, T=args.T, data_dir=args.data_dir,
-                                                   download=args.download and rank == 0)
-        if world > 1 and args.download and rank == 0:
-            dist.barrier()
-    except DatasetNotFoundError as e:
-        raise _fail(str(e))
+    def datasets(T):
+        try:
+            if world > 1 and args.download and rank != 0:
+                dist.barrier()  # wait for process 0 to download, then read what it wrote
+            built = build_datasets(args.dataset, T=T, data_dir=args.data_dir, download=args.download and rank == 0)
+            if world > 1 and args.download and rank == 0:
+                dist.barrier()
+        except DatasetNotFoundError as e:
+            raise _fail(str(e))
+        return built
+
+    train_set, test_set, info = datasets(args.T)
     args.model = args.model or info.default_model
-    args.lam = info.lam if args.lam is None else args.lam
-    args.temperature = info.temperature if args.temperature is None else args.temperature
+    try:
+        given = {d: getattr(args, d) for d in METHODS[args.method].options if getattr(args, d) is not None}
+        hparams = resolve_hparams(args.method, given, info, args.T)
+    except MethodOptionError as e:
+        raise _fail(str(e))
+    method = build_method(args.method, hparams, epochs=args.epochs, T=args.T, static=info.static)
+    if method.data_T() != args.T:  # e.g. TSSD's teacher frames on event data
+        train_set, test_set, info = datasets(method.data_T())
     neuron = NeuronConfig()
     config = {k: getattr(args, k) for k in RECIPE_KEYS}
     config.update(
+        loss=args.method,  # the key runs had before methods had their own (kept for readers of old runs)
         num_classes=info.num_classes, in_channels=info.in_channels, image_size=info.image_size, static=info.static,
         neuron=asdict(neuron), data_dir=os.path.abspath(args.data_dir), world_size=world, torch=str(torch.__version__),
     )
@@ -333,9 +358,12 @@ def _train(args, rank: int, world: int, device: torch.device, progress: _Progres
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # fixed input shapes: let cuDNN pick the fastest convolutions
     model = _build_model_or_fail(args, config, info, device)
+    try:
+        net = MethodNet(model, method, info).to(device)
+    except MethodOptionError as e:
+        raise _fail(str(e))
+    config.update(method.hparams)  # with what the model decided (tssd's default --weak-stage)
     _seed_all(args.seed + rank)  # from here on (augmentation, dropout) each process draws its own numbers
-    objective = Objective(args.loss, epochs=args.epochs, lam=args.lam, temperature=args.temperature,
-                          label_smoothing=args.label_smoothing)
     per_process_batch = args.batch_size // world
     train_sampler = DistributedSampler(train_set, num_replicas=world, rank=rank, shuffle=True, seed=args.seed,
                                        drop_last=True)
@@ -350,7 +378,7 @@ def _train(args, rank: int, world: int, device: torch.device, progress: _Progres
     if steps_per_epoch == 0:
         raise _fail(f"--batch-size {args.batch_size} is larger than the training set ({len(train_set)} samples)")
 
-    optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
+    optimizer = torch.optim.AdamW(net.parameters(), lr=args.lr, weight_decay=args.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, _lr_lambda(args.warmup_epochs * steps_per_epoch, args.epochs * steps_per_epoch))
     use_scaler = args.amp and device.type == "cuda"
@@ -371,6 +399,7 @@ def _train(args, rank: int, world: int, device: torch.device, progress: _Progres
             raise _fail(f"the run in {args.out} was trained with {ckpt['config']['world_size']} processes; resume it "
                         f"with the same number (got {world}) so it continues exactly")
         model.load_state_dict(ckpt["model"])
+        net.extras.load_state_dict(ckpt.get("method", {}))
         optimizer.load_state_dict(ckpt["optimizer"])
         scheduler.load_state_dict(ckpt["scheduler"])
         scaler.load_state_dict(ckpt["scaler"])
@@ -384,10 +413,10 @@ def _train(args, rank: int, world: int, device: torch.device, progress: _Progres
         os.makedirs(args.out, exist_ok=True)
         runs.write_config(args.out, config)
 
-    train_model = model
+    train_net = net
     if world > 1:
-        train_model = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None)
+        train_net = torch.nn.parallel.DistributedDataParallel(
+            net, device_ids=[device.index] if device.type == "cuda" else None)
 
     from tqdm import tqdm
 
@@ -396,10 +425,11 @@ def _train(args, rank: int, world: int, device: torch.device, progress: _Progres
         started = time.perf_counter()
         train_sampler.set_epoch(epoch)
         loader_rng.manual_seed(args.seed * 100003 + epoch * 1009 + rank)  # worker seeds: (seed, epoch, rank) only
-        objective.set_epoch(epoch)
-        train_model.train()
+        method.set_epoch(epoch)
+        train_net.train()
         loss_sum = torch.zeros((), dtype=torch.float64, device=device)
         correct = torch.zeros((), dtype=torch.float64, device=device)
+        part_sums: dict[str, torch.Tensor] = {}
         seen = 0
         bar = tqdm(train_loader, total=steps_per_epoch, desc=f"epoch {epoch + 1}/{args.epochs}", disable=rank != 0,
                    leave=False, dynamic_ncols=True, file=sys.stderr)
@@ -408,8 +438,9 @@ def _train(args, rank: int, world: int, device: torch.device, progress: _Progres
                 break
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
             with autocast():
-                logits = runs.model_outputs(train_model, x, args.T, info.static)
-            loss = objective(logits.float(), y)
+                outputs = train_net(x)
+            loss, parts = method.loss(outputs, y)
+            logits = outputs["logits"]
             if not torch.isfinite(loss):
                 raise _fail(f"the loss is {loss.item()} at epoch {epoch + 1}, step {step + 1}: "
                             f"lower --lr, or drop --amp")
@@ -419,29 +450,37 @@ def _train(args, rank: int, world: int, device: torch.device, progress: _Progres
             scaler.update()
             scheduler.step()
             loss_sum += loss.detach().double() * y.numel()
+            for name, value in parts.items():
+                part_sums[name] = part_sums.get(name, 0.0) + value.detach().double() * y.numel()
             correct += (logits.detach().float().mean(0).argmax(-1) == y).sum()
             seen += y.numel()
             bar.set_postfix(loss=f"{loss.item():.4f}", lr=f"{scheduler.get_last_lr()[0]:.2e}", refresh=False)
         bar.close()
-        stats = torch.stack([loss_sum, correct, torch.tensor(float(seen), dtype=torch.float64, device=device)])
+        part_names = sorted(part_sums)
+        stats = torch.stack([loss_sum, correct, torch.tensor(float(seen), dtype=torch.float64, device=device)]
+                            + [part_sums[n] for n in part_names])
         if world > 1:
             dist.all_reduce(stats)
         if world > 1:  # BatchNorm running stats drift apart per process: evaluate (and save) process 0's
-            for buffer in model.buffers():
+            for buffer in net.buffers():
                 dist.broadcast(buffer, 0)
-        test_loss, test_acc = _evaluate(model, test_loader, args.T, info.static, device, world, autocast)
+        test_loss, test_acc = _evaluate(model, test_loader, args.T, info.static, device, world, autocast,
+                                        method.eval_input)
+        count = stats[2].item()
         row = {
-            "epoch": epoch + 1, "lr": scheduler.get_last_lr()[0], "lam": objective.lam,
-            "train_loss": stats[0].item() / stats[2].item(), "train_acc": stats[1].item() / stats[2].item(),
+            "epoch": epoch + 1, "lr": scheduler.get_last_lr()[0], "lam": method.lam,
+            "train_loss": stats[0].item() / count, "train_acc": stats[1].item() / count,
             "test_loss": test_loss, "test_acc": test_acc, "epoch_time_s": round(time.perf_counter() - started, 3),
         }
+        # the method's parts (each CE and KD term), epoch means over the training samples
+        row.update({f"train_{n}": stats[3 + i].item() / count for i, n in enumerate(part_names)})
         history.append(row)
         rng_states = _gather_rng_states(world)
         if rank == 0:
             try:
                 runs.atomic_torch_save({
                     "format": runs.CHECKPOINT_FORMAT, "config": config, "epoch": epoch + 1, "history": history,
-                    "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                    "model": model.state_dict(), "method": net.extras.state_dict(), "optimizer": optimizer.state_dict(),
                     "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "rng": rng_states,
                 }, ckpt_path)
                 runs.write_metrics(args.out, history)

@@ -1,0 +1,62 @@
+"""Spiking models of the experiments, multi-step over all T at once.
+
+Every model takes either a sequence ``x [T, B, C, H, W]`` (time first: event frames) or a static
+image batch ``x [B, C, H, W]`` with an integer ``T=`` (direct encoding: the image is the input
+current at every step) and returns one output per step, ``logits [T, B, num_classes]``. No state
+is carried between calls. Any float dtype: fp64 runs the neurons' fp64 eager reference (for
+gradcheck-style checks; the fused kernels take fp32 / fp16 / bf16).
+
+Neuron defaults are the TKS authors' settings: LIF, threshold 0.5, tau 2, hard reset to 0, input
+decay, piecewise-quadratic surrogate with alpha 2.
+
+Models (``MODELS``): ``vggsnn`` (TET/TKS VGG-SNN for 48x48 DVS frames), ``resnet19`` (tdBN
+ResNet-19), ``sew_resnet19`` (SEW ResNet-19, ADD connection), ``convsnn`` (a small 3-layer net for
+the offline default). ``width`` scales every channel count (1.0 = the paper's size; tests use less).
+Modules: ``layers`` (the neuron layer, ``SpikingModel`` and its stages), ``cnn`` (the CNNs).
+"""
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+from .cnn import BasicBlock, ConvSNN, ResNet19, SEWBlock, VGGSNN
+from .layers import ModelRun, MultiStepLIF, NeuronConfig, PerStep, SpikingModel, conv_bn
+
+__all__ = [
+    "MODELS", "build_model", "NeuronConfig", "MultiStepLIF", "PerStep", "SpikingModel", "ModelRun", "conv_bn",
+    "VGGSNN", "ResNet19", "ConvSNN", "BasicBlock", "SEWBlock",
+]
+
+
+def _vggsnn(num_classes, in_channels, image_size, width, neuron):
+    return VGGSNN(num_classes, in_channels, image_size, width, neuron)
+
+
+def _resnet19(num_classes, in_channels, image_size, width, neuron):
+    return ResNet19(num_classes, in_channels, width, "basic", neuron)
+
+
+def _sew_resnet19(num_classes, in_channels, image_size, width, neuron):
+    return ResNet19(num_classes, in_channels, width, "sew", neuron)
+
+
+def _convsnn(num_classes, in_channels, image_size, width, neuron):
+    return ConvSNN(num_classes, in_channels, image_size, width, neuron)
+
+
+MODELS: dict[str, Callable[..., SpikingModel]] = {
+    "vggsnn": _vggsnn,
+    "resnet19": _resnet19,
+    "sew_resnet19": _sew_resnet19,
+    "convsnn": _convsnn,
+}
+
+
+def build_model(name: str, *, num_classes: int, in_channels: int, image_size: int, width: float = 1.0,
+                neuron: NeuronConfig = NeuronConfig()) -> SpikingModel:
+    """Model ``name`` (one of ``MODELS``) for inputs with ``in_channels`` x ``image_size``^2."""
+    if name not in MODELS:
+        raise ValueError(f"model={name!r} is unknown; choose one of {sorted(MODELS)}")
+    if not (isinstance(width, (int, float)) and math.isfinite(width) and width > 0):
+        raise ValueError(f"width={width!r} must be a positive number (1.0 = the paper's channel counts)")
+    return MODELS[name](num_classes, in_channels, image_size, float(width), neuron)
