@@ -15,7 +15,13 @@ Providers (each skipped, with the reason printed, when it cannot run here):
 The loss is tks_kernels.tks_loss(lam=0.7, temperature=3, backend="auto") for every provider, so
 the comparison isolates the neurons. Optimizer: SGD, momentum 0.9.
 
-Usage:  python bench/bench_train_step.py [--quick] [--out DIR]   (see bench/README.md)
+With ``--method ce,tks,tssd,trt`` the script instead measures one training step of each training
+method of ``tks.methods`` (its whole forward: TSSD's teacher pass and weak classifier, TRT's
+reversed pass and star; its loss; backward; AdamW step) on our neurons, against ``ce`` on the
+same model, weights and T: step time, the bytes autograd saves for backward (any device) and the
+CUDA peak (GPU only). Results go to ``train_step_methods.csv`` / ``.md`` / ``.png``.
+
+Usage:  python bench/bench_train_step.py [--quick] [--out DIR] [--method ce,tssd,trt]   (see bench/README.md)
 """
 from __future__ import annotations
 
@@ -38,6 +44,8 @@ MODELS = {
     "vggsnn": dict(T=10, in_channels=2, image_size=48, num_classes=10, sequence=True),
     "resnet19": dict(T=4, in_channels=3, image_size=32, num_classes=10, sequence=False),
 }
+METHOD_COLUMNS = ["model", "method", "T", "data_T", "batch", "image_size", "width", "status", "median_ms", "q20_ms",
+                  "q80_ms", "overhead_vs_ce", "saved_mb", "saved_vs_ce", "peak_step_mb", "parts"]
 COLUMNS = ["model", "provider", "T", "batch", "image_size", "width", "status", "median_ms", "q20_ms", "q80_ms",
            "samples_per_s", "speedup_vs_sj", "speedup_vs_eager", "peak_step_mb", "logits_rel_err",
            "neurons", "neuron_backend", "loss_backend"]
@@ -257,6 +265,111 @@ def run_model(model_name, batch, width, args, device, providers, skips, warmup_m
     return rows
 
 
+def run_methods(model_name, batch, width, methods, device, skips, warmup_ms, rep_ms):
+    """One training step of each method in ``methods`` on our neurons: rows of METHOD_COLUMNS."""
+    from tks.data.common import DataInfo
+    from tks.methods import MethodNet, build_method, resolve_hparams
+
+    spec = MODELS[model_name]
+    T, static = spec["T"], not spec["sequence"]
+    info = DataInfo(model_name, spec["num_classes"], spec["in_channels"], spec["image_size"], static, model_name,
+                    lam=0.7 if static else 0.3, temperature=3.0 if static else 5.0)
+    where = f"{model_name}, batch {batch}, width {width:g}"
+    print(f"-- {where}: training methods", flush=True)
+    build_model = load_build_model()
+    rows = []
+    for name in methods:
+        row = dict(model=model_name, method=name, T=T, batch=batch, image_size=spec["image_size"], width=width)
+        try:
+            hparams = resolve_hparams(name, {}, info, T)
+            method = build_method(name, hparams, epochs=10, T=T, static=static)
+            method.set_epoch(5)  # mid-schedule (TKS's lambda > 0): the speed does not depend on it
+            torch.manual_seed(0)
+            model = build_model(model_name, num_classes=spec["num_classes"], in_channels=spec["in_channels"],
+                                image_size=spec["image_size"], width=width)
+            net = MethodNet(model, method, info).to(device).train()
+            row["data_T"] = method.data_T()
+            gen = torch.Generator(device="cpu").manual_seed(1)
+            x, y = make_inputs(dict(spec, T=method.data_T()), batch, device, gen)
+            if not static:
+                x = x.transpose(0, 1).contiguous()  # the loader's layout [B, T, ...]
+            opt = torch.optim.AdamW(net.parameters(), lr=1e-3)
+
+            def forward_loss():
+                return method.loss(net(x), y)
+
+            def step():
+                opt.zero_grad(set_to_none=True)
+                loss, _ = forward_loss()
+                loss.backward()
+                opt.step()
+
+            (loss, parts), saved, _ = C.saved_for_backward(forward_loss)
+            row["saved_mb"] = saved / 1e6
+            row["parts"] = " ".join(sorted(parts))
+            del loss, parts
+            step()
+            _, peak = C.peak_bytes(step, device)
+            row["peak_step_mb"] = peak / 1e6
+            med, q20, q80 = C.bench(step, device, warmup_ms, rep_ms)
+            row.update(status="ok", median_ms=med, q20_ms=q20, q80_ms=q80)
+            print(f"   {name:<5} {med:10.3f} ms  [{q20:.3f}, {q80:.3f}]  saved {row['saved_mb']:.1f} MB"
+                  f"  peak {C.fmt(row['peak_step_mb'])} MB", flush=True)
+
+        except Exception as e:
+            row["status"] = "skipped: " + skips.skip(name, C.describe_error(e), where)
+        C.free_memory(device)
+        rows.append(row)
+    ce = next((r for r in rows if r["method"] == "ce" and r["status"] == "ok"), None)
+    for r in rows:
+        if ce is not None and r["status"] == "ok":
+            r["overhead_vs_ce"] = r["median_ms"] / ce["median_ms"]
+            r["saved_vs_ce"] = r["saved_mb"] / ce["saved_mb"]
+    return rows
+
+
+def write_method_outputs(out_dir, rows, tag, skip_reasons):
+    os.makedirs(out_dir, exist_ok=True)
+    C.write_csv(os.path.join(out_dir, "train_step_methods.csv"), rows, METHOD_COLUMNS, tag)
+    md = [C.md_header("Training step of each training method (tks.methods) against ce", tag, C.command_line())]
+    md.append("- one step = the method's forward (every pass it makes), its loss, backward, AdamW step, on our "
+              "neurons (backend auto); median ms [20%, 80%]; x ce: time over ce's on the same model, weights and T; "
+              "saved: bytes autograd keeps for backward (unique storages); peak: CUDA only\n")
+    table = [(r["model"], r["method"], str(r["T"]), str(r.get("data_T", "")), str(r["batch"]), C.fmt(r["width"]),
+              f"{C.fmt(r.get('median_ms'))} [{C.fmt(r.get('q20_ms'))}, {C.fmt(r.get('q80_ms'))}]" if r["status"] == "ok"
+              else r["status"][:80], C.fmt(r.get("overhead_vs_ce")), C.fmt(r.get("saved_mb")),
+              C.fmt(r.get("saved_vs_ce")), C.fmt(r.get("peak_step_mb")), r.get("parts", ""))
+             for r in rows]
+    md.append(C.md_table(("model", "method", "T", "data T", "batch", "width", "step ms", "x ce", "saved MB",
+                          "saved x ce", "peak MB", "loss parts"), table) + "\n")
+    md.extend(C.md_skipped(skip_reasons))
+    md.append("## Targets\n\nNone set; the abstracts claim TRT's overhead is small and TSSD's is not: the table "
+              "measures it.\n")
+    C.write_markdown(os.path.join(out_dir, "train_step_methods.md"), md)
+    C.try_plot(plot_methods, os.path.join(out_dir, "train_step_methods.png"), rows, tag)
+
+
+def plot_methods(path, rows, tag):
+    fig, axes = C.new_figure(1, 2, size=(5.0, 3.6))
+    models = sorted({r["model"] for r in rows})
+    methods = list(dict.fromkeys(r["method"] for r in rows))
+    width = 0.8 / max(len(methods), 1)
+    for col, key, label in ((0, "overhead_vs_ce", "step time / ce's"), (1, "saved_vs_ce", "saved for backward / ce's")):
+        ax = axes[0][col]
+        for k, m in enumerate(methods):
+            vals = [next((r.get(key) for r in rows if r["model"] == mo and r["method"] == m and r["status"] == "ok"),
+                         None) for mo in models]
+            ax.bar([i + k * width for i in range(len(models))], [float("nan") if v is None else v for v in vals],
+                   width, label=m)
+        ax.set_xticks([i + 0.4 - width / 2 for i in range(len(models))])
+        ax.set_xticklabels(models)
+        ax.set_ylabel(label)
+        ax.axhline(1.0, color="grey", lw=0.8)
+        ax.grid(True, axis="y", alpha=0.3)
+        C.finish_axis(ax, "no method ran")
+    C.save_figure(fig, path, "Training step per method", tag)
+
+
 def _auto_backend(op: str, device) -> str:
     """What backend="auto" resolves to for ``op`` ("lif" or "tks_loss") on ``device``."""
     try:
@@ -334,11 +447,16 @@ def main(argv=None) -> int:
     p.add_argument("--models", default=None, help="comma-separated: vggsnn,resnet19")
     p.add_argument("--batch", type=int, default=None, help="batch size (overrides the sweep)")
     p.add_argument("--width", type=float, default=None, help="channel width multiplier (1.0 = the paper's models)")
+    p.add_argument("--method", default=None,
+                   help="comma-separated training methods of tks.methods (e.g. ce,tks,tssd,trt): time each one's "
+                        "step against ce instead of comparing neuron providers")
     args = p.parse_args(argv)
     if args.replot:
         rows, tag = C.read_rows(args.replot)
-        plot(C.png_beside(args.replot), rows, tag)
+        (plot_methods if "method" in (rows[0] if rows else {}) else plot)(C.png_beside(args.replot), rows, tag)
         return 0
+    if args.method:
+        return main_methods(args)
     device = C.pick_device(args)
     wanted = C.wanted_providers(args, ALL_PROVIDERS)
     if "tks" in wanted:  # first: the reference logits of the agreement check
@@ -355,6 +473,30 @@ def main(argv=None) -> int:
     out_dir = args.out or C.default_out_dir(tag)
     write_outputs(out_dir, rows, tag, skips.reasons)
     print(f"\nwrote {out_dir}/train_step.csv, train_step.md, train_step.png", flush=True)
+    return 0
+
+
+def main_methods(args) -> int:
+    from tks.methods import METHODS
+
+    methods = C.parse_list(args.method)
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown:
+        raise SystemExit(f"--method: unknown {', '.join(unknown)}; choose from {', '.join(METHODS)}")
+    if "ce" not in methods:
+        methods = ["ce"] + methods  # the reference of every ratio
+    device = C.pick_device(args)
+    tag = C.announce_device(device, args.note)
+    warmup_ms, rep_ms = C.timing_budget(args, device, scale=1.0 if args.smoke else 2.0 if args.quick else 5.0)
+    skips = C.SkipLog()
+    rows = []
+    for model_name, batch, width in build_sweep(args, device):
+        rows.extend(run_methods(model_name, batch, width, methods, device, skips, warmup_ms, rep_ms))
+    tag.finish()
+    print("\n== targets ==\nnone set; the method overheads are reported for information")
+    out_dir = args.out or C.default_out_dir(tag)
+    write_method_outputs(out_dir, rows, tag, skips.reasons)
+    print(f"\nwrote {out_dir}/train_step_methods.csv, train_step_methods.md, train_step_methods.png", flush=True)
     return 0
 
 
