@@ -18,7 +18,6 @@ from typing import Any, BinaryIO, Callable, Optional
 
 import torch
 
-from .models import NeuronConfig, build_model
 
 CONFIG_FILE = "config.json"
 METRICS_FILE = "metrics.csv"
@@ -133,11 +132,14 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
 
 
 def model_from_config(config: dict):
-    """The model a run trains, built from its ``config.json`` (weights not loaded)."""
-    return build_model(
-        config["model"], num_classes=config["num_classes"], in_channels=config["in_channels"],
-        image_size=config["image_size"], width=config["width"], neuron=NeuronConfig(**config["neuron"]),
-    )
+    """The model a run trains, built from its ``config.json`` (weights not loaded), by its method
+    (``Method.build_model``: the zoo model unless the method changes the deployed network)."""
+    from .methods import METHODS
+
+    method = config.get("method", config.get("loss"))  # "loss": runs written before methods had a key
+    if method not in METHODS:
+        raise ValueError(f"the run's method {method!r} is unknown to this version; known: {sorted(METHODS)}")
+    return METHODS[method].build_model(config)
 
 
 def model_outputs(model, x: torch.Tensor, T: int, static: bool) -> torch.Tensor:

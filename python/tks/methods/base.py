@@ -75,6 +75,18 @@ class Method:
 
     # -- data and model ----------------------------------------------------------------------------
 
+    @classmethod
+    def build_model(cls, config: dict) -> nn.Module:
+        """The model a run of this method trains and deploys, from the run's ``config.json``
+        (weights not loaded): the zoo model; a method that changes the deployed network (SSNN)
+        builds its own."""
+        from ..models import NeuronConfig, build_model
+
+        return build_model(
+            config["model"], num_classes=config["num_classes"], in_channels=config["in_channels"],
+            image_size=config["image_size"], width=config["width"], neuron=NeuronConfig(**config["neuron"]),
+        )
+
     def data_T(self) -> int:
         """How many steps the dataset must provide (TSSD's teacher needs more than T on event data)."""
         return self.T
