@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Optional
 
 import numpy as np
 
@@ -10,8 +11,11 @@ import numpy as np
 class DataInfo:
     """What a model and the training recipe need to know about a dataset.
 
-    ``static``: items are images ``[C, H, W]`` repeated over T by the model; otherwise sequences
-    ``[T, C, H, W]``. ``lam`` / ``temperature``: the TKS authors' settings for this kind of data.
+    ``static``: each item is one input the model presents at every one of the T steps (direct
+    encoding); otherwise items are sequences with the time axis first (``[T, C, H, W]`` frames).
+    Images: ``image_size`` (H = W) with ``signal_length=None``. 1-D signals: ``signal_length`` L
+    (items ``[in_channels, L]``) and ``image_size=0``. ``lam`` / ``temperature``: the TKS
+    authors' settings for this kind of data.
     """
 
     name: str
@@ -22,6 +26,28 @@ class DataInfo:
     default_model: str
     lam: float
     temperature: float
+    signal_length: Optional[int] = None
+
+    def __post_init__(self):
+        if self.signal_length is None and self.image_size < 1:
+            raise ValueError(f"DataInfo({self.name!r}): image_size={self.image_size} must be >= 1 for images "
+                             f"(or give signal_length for a 1-D signal)")
+        if self.signal_length is not None and (self.signal_length < 1 or self.image_size != 0):
+            raise ValueError(f"DataInfo({self.name!r}): a 1-D signal has signal_length >= 1 and image_size=0, got "
+                             f"signal_length={self.signal_length}, image_size={self.image_size}")
+
+    @property
+    def is_signal(self) -> bool:
+        """True for 1-D signals ``[C, L]`` (models with ``Conv1d``), False for images / frames."""
+        return self.signal_length is not None
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        """The shape of one step's input: ``(C, L)`` for signals, ``(C, H, W)`` for images and frames
+        (event items are ``[T, *input_shape]``)."""
+        if self.is_signal:
+            return (self.in_channels, self.signal_length)
+        return (self.in_channels, self.image_size, self.image_size)
 
 
 class DatasetNotFoundError(FileNotFoundError):
