@@ -1,13 +1,16 @@
 """Datasets of the TKS experiments, read from disk (nothing is downloaded unless asked).
 
 One module per family, each with a ``DATASETS`` table that this package merges: ``images``
-(digits, CIFAR), ``events`` (CIFAR10-DVS, N-Caltech101); ``common`` holds what they share.
+(digits, CIFAR), ``events`` (CIFAR10-DVS, N-Caltech101), ``digits_events`` (the digits recorded by a
+simulated event camera); ``common`` holds what they share.
 
 ``build_datasets(name, T=..., data_dir=..., download=False) -> (train, test, DataInfo)``.
 
 Static datasets yield ``(image [C, H, W] float32, label)``; the model repeats the image over the T
 steps (direct encoding: the analog image is the input current at every step). Event datasets yield
-``(frames [T, 2, 48, 48] float32, label)``, the T frames of one recording.
+``(frames [T, 2, H, W] float32, label)``, the T frames of one recording (48x48 for the recorded
+datasets, 16x16 for digits-events). ``DataInfo`` says which (``static``, ``is_signal``,
+``input_shape``).
 
 - ``digits``: scikit-learn's handwritten digits (1797 8x8 grey images, 10 classes) shipped in the
   package (``tks/data/digits.npz``: a fixed stratified 1437/360 train/test split, pixel values 0..16
@@ -25,6 +28,9 @@ steps (direct encoding: the analog image is the input current at every step). Ev
   ``train`` extra)
   or ``*.npz`` with arrays ``t, x, y, p`` (spikingjelly's converted ``events_np``), and
   ``data_dir/NCALTECH101/Caltech101/<class>/*.bin``.
+- ``digits-events``: the bundled digits (same split) recorded by a simulated event camera along
+  N-MNIST-like saccades, 16x16, 300 ms, binned into T frames whose bins nest
+  (``sum_adjacent_bins``); generated in seconds and cached under ``data_dir/cache/``.
 """
 from __future__ import annotations
 
@@ -33,20 +39,22 @@ from typing import Callable
 
 from torch.utils.data import Dataset
 
-from . import events, images
+from . import digits_events, events, images
 from .common import DataInfo, DatasetNotFoundError, split_per_class
-from .events import CIFAR10_DVS_CLASSES, DVS_SIZE, EventFolder, EventsToFrames, FrameAugment
+from .digits_events import DigitEventCamera, DigitsEvents, events_to_frames, simulate_digit_events
+from .events import CIFAR10_DVS_CLASSES, DVS_SIZE, EventFolder, EventsToFrames, FrameAugment, sum_adjacent_bins
 from .events import _read_cifar10_dvs, _read_ncaltech101  # noqa: F401 (the tests read real files with them)
 from .images import CIFAR_MEAN_STD, DIGITS_FILE, make_digits_file
 
 __all__ = [
     "DATASETS", "DataInfo", "DatasetNotFoundError", "build_datasets", "split_per_class",
     "CIFAR_MEAN_STD", "DIGITS_FILE", "make_digits_file",
-    "CIFAR10_DVS_CLASSES", "DVS_SIZE", "EventFolder", "EventsToFrames", "FrameAugment",
+    "CIFAR10_DVS_CLASSES", "DVS_SIZE", "EventFolder", "EventsToFrames", "FrameAugment", "sum_adjacent_bins",
+    "DigitEventCamera", "DigitsEvents", "events_to_frames", "simulate_digit_events",
 ]
 
 # name -> builder(T=, data_dir=, download=, augment=) -> (train, test, DataInfo); one module per family
-DATASETS: dict[str, Callable] = {**images.DATASETS, **events.DATASETS}
+DATASETS: dict[str, Callable] = {**images.DATASETS, **events.DATASETS, **digits_events.DATASETS}
 
 
 def build_datasets(name: str, *, T: int, data_dir: str = "data", download: bool = False,

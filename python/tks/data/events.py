@@ -115,6 +115,46 @@ class EventsToFrames(Dataset):
         return frames.numpy(), label
 
 
+def sum_adjacent_bins(frames, T: int, dim: int = -4):
+    """Frames of a recording binned into ``Tt`` time bins -> ``T`` bins, each the sum of ``Tt // T``
+    adjacent ones (the same events in fewer, longer bins: TSSD's student input beside its teacher's).
+
+    Args:
+        frames: tensor or numpy array ``[..., Tt, C, H, W]`` (an item ``[Tt, 2, H, W]`` or a loader
+            batch ``[B, Tt, 2, H, W]``); ``dim`` names the time axis when it is elsewhere (``dim=0``
+            for the models' ``[Tt, B, C, H, W]``).
+        T: the number of bins wanted; ``Tt`` must be a multiple of it.
+
+    Returns: the same type, ``Tt`` replaced by ``T`` along ``dim``.
+
+    For ``digits-events`` the result equals the dataset built with ``T`` exactly (its bins nest).
+    tonic's ``ToFrame(n_time_bins=...)`` (cifar10-dvs, ncaltech101) does not nest: its bin width is
+    ``(t_last - t_first) // T`` per recording, so bin j of the T-binning starts up to ``j * (k - 1)``
+    microseconds (k = Tt // T) later than the sum of k Tt-bins, and the frames differ by the few events
+    in those slivers; summing is still the right way to give the student the teacher's events.
+
+    Example::
+
+        x_teacher, _ = train_set[0]                  # built with T=Tt: [Tt, 2, H, W]
+        x_student = sum_adjacent_bins(x_teacher, T)  # [T, 2, H, W]
+    """
+    if isinstance(T, bool) or not isinstance(T, (int, np.integer)) or T < 1:
+        raise ValueError(f"T={T!r} must be an integer >= 1 (the number of time bins wanted)")
+    ndim = frames.ndim
+    if not -ndim <= dim < ndim:
+        raise ValueError(f"dim={dim} is out of range for frames of shape {tuple(frames.shape)}")
+    tt = frames.shape[dim]
+    if tt % T:
+        raise ValueError(f"the frames have {tt} time bins (shape {tuple(frames.shape)}, dim={dim}), not a multiple "
+                         f"of T={T}: adjacent bins can only be summed into T bins when Tt is a multiple of T "
+                         f"(choose the teacher's T as a multiple of the student's)")
+    dim = dim % ndim
+    shape = tuple(frames.shape[:dim]) + (T, tt // T) + tuple(frames.shape[dim + 1:])
+    if isinstance(frames, torch.Tensor):
+        return frames.reshape(shape).sum(dim + 1)
+    return np.asarray(frames).reshape(shape).sum(dim + 1)
+
+
 class FrameAugment:
     """Training augmentation of ``frames [T, C, H, W]``: horizontal flip (p = 0.5) and a random shift
     of up to ``max_shift`` pixels in x and y (zero fill), the same for every frame of a sample."""
