@@ -200,7 +200,7 @@ setup(
     install_requires=["torch>=2.6", "numpy"],
     extras_require={
         "test": ["pytest", "numpy", "spikingjelly==2.0.0"],
-        "train": ["torchvision", "tonic", "aedat", "tqdm", "matplotlib", "scikit-learn"],
+        "train": ["torchvision", "tonic", "aedat", "tqdm", "matplotlib", "scikit-learn", "scipy"],
     },
     entry_points={"console_scripts": ["tks-train = tks.train:main", "tks-eval = tks.eval:main"]},
     ext_modules=ext_modules,

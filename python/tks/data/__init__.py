@@ -2,12 +2,14 @@
 
 One module per family, each with a ``DATASETS`` table that this package merges: ``images``
 (digits, CIFAR), ``events`` (CIFAR10-DVS, N-Caltech101), ``digits_events`` (the digits recorded by a
-simulated event camera); ``common`` holds what they share.
+simulated event camera), ``bearing`` (MFPT, JNU, bearing-sim vibration signals); ``common`` holds
+what they share.
 
 ``build_datasets(name, T=..., data_dir=..., download=False) -> (train, test, DataInfo)``.
 
-Static datasets yield ``(image [C, H, W] float32, label)``; the model repeats the image over the T
-steps (direct encoding: the analog image is the input current at every step). Event datasets yield
+Static datasets yield ``(image [C, H, W] float32, label)`` or, for 1-D signals,
+``(window [1, 1024] float32, label)``; the model repeats the input over the T steps (direct
+encoding: the analog input is the input current at every step). Event datasets yield
 ``(frames [T, 2, H, W] float32, label)``, the T frames of one recording (48x48 for the recorded
 datasets, 16x16 for digits-events). ``DataInfo`` says which (``static``, ``is_signal``,
 ``input_shape``).
@@ -31,6 +33,10 @@ datasets, 16x16 for digits-events). ``DataInfo`` says which (``static``, ``is_si
 - ``digits-events``: the bundled digits (same split) recorded by a simulated event camera along
   N-MNIST-like saccades, 16x16, 300 ms, binned into T frames whose bins nest
   (``sum_adjacent_bins``); generated in seconds and cached under ``data_dir/cache/``.
+- ``mfpt`` / ``jnu``: bearing vibration recordings found by name under ``data_dir/MFPT/`` and
+  ``data_dir/JNU/`` (15 and 12 classes); ``bearing-sim``: simulated bearing faults (offline; a
+  simulation, not a benchmark). Windows of 1024 samples, max-abs normalised, 80/20 stratified.
+  ``add_noise_snr`` adds white Gaussian noise at an SNR in dB.
 """
 from __future__ import annotations
 
@@ -39,7 +45,9 @@ from typing import Callable
 
 from torch.utils.data import Dataset
 
-from . import digits_events, events, images
+from . import bearing, digits_events, events, images
+from .bearing import (BEARING_SIM_CLASSES, JNU_CLASSES, MFPT_CLASSES, BearingGeometry, BearingSimConfig,
+                      SignalWindows, add_noise_snr, normalize_max_abs, simulate_bearing_signal)
 from .common import DataInfo, DatasetNotFoundError, split_per_class
 from .digits_events import DigitEventCamera, DigitsEvents, events_to_frames, simulate_digit_events
 from .events import CIFAR10_DVS_CLASSES, DVS_SIZE, EventFolder, EventsToFrames, FrameAugment, sum_adjacent_bins
@@ -51,10 +59,12 @@ __all__ = [
     "CIFAR_MEAN_STD", "DIGITS_FILE", "make_digits_file",
     "CIFAR10_DVS_CLASSES", "DVS_SIZE", "EventFolder", "EventsToFrames", "FrameAugment", "sum_adjacent_bins",
     "DigitEventCamera", "DigitsEvents", "events_to_frames", "simulate_digit_events",
+    "BEARING_SIM_CLASSES", "JNU_CLASSES", "MFPT_CLASSES", "BearingGeometry", "BearingSimConfig", "SignalWindows",
+    "add_noise_snr", "normalize_max_abs", "simulate_bearing_signal",
 ]
 
 # name -> builder(T=, data_dir=, download=, augment=) -> (train, test, DataInfo); one module per family
-DATASETS: dict[str, Callable] = {**images.DATASETS, **events.DATASETS, **digits_events.DATASETS}
+DATASETS: dict[str, Callable] = {**images.DATASETS, **events.DATASETS, **digits_events.DATASETS, **bearing.DATASETS}
 
 
 def build_datasets(name: str, *, T: int, data_dir: str = "data", download: bool = False,
