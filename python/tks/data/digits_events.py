@@ -4,9 +4,10 @@ digit on a monitor). Offline, generated in seconds, cached on disk.
 
 Each 8x8 digit (``tks/data/digits.npz``, the same train/test split as ``digits``) is shown as
 squares of ``digit_scale`` sensor pixels (12x12 on the 16x16 sensor by default), blurred by the
-optics, on a dark background, and moves along three straight saccades of ``saccade_ms`` each
-(a triangle: right, down-left, up-left) with a smooth bell-shaped velocity. A DVS pixel model turns
-the moving picture into events:
+optics, on a background at ``background`` (0.3) of the white level, and moves along three straight
+saccades of ``saccade_ms`` (100 ms) each, the same path for every recording as in N-MNIST (a
+triangle: right, down-left, up-left) with a smooth bell-shaped velocity. A DVS pixel model turns the
+moving picture into events:
 
 - log intensity ``L = log(I)``, ``I`` in ``[background, 1]``, sampled every ``dt_ms``;
 - an ON (OFF) event each time ``L`` rises (falls) by the pixel's contrast threshold from the level
@@ -26,6 +27,11 @@ binning, not tonic's ``ToFrame``: bin ``t * T // duration`` over the fixed recor
 is a multiple of T: ``floor(floor(t*k*T/D)/k) = floor(t*T/D)``), which TSSD needs; tonic's
 ``n_time_bins`` window is ``(t_last - t_first) // T`` of each recording's own events (so bins of
 different T do not nest, and the last event is always dropped).
+
+About 480 events per 300 ms recording (a third of them noise). Each frame holds part of the
+digit: only the edges across the current motion fire, and the frames near the saccades' turning
+points hold few events. Measured (logistic regression on the frame pixels, the 360 test digits, T=8):
+72% from the first frame alone, 91% from the first two, 95% from all eight.
 
 The events (not the frames) are cached in ``data_dir/cache/digits-events-<key>.npz``; the key is a
 hash of this module's source, the camera parameters, the seed and the digits file, so a changed
