@@ -7,7 +7,7 @@ import torch.nn.functional as F
 import tks_kernels
 from tks.data.common import DataInfo
 from tks.methods import METHODS, MethodNet, MethodOptionError, build_method, resolve_hparams
-from tks.methods.tssd import sum_adjacent_steps
+from tks.data import sum_adjacent_bins
 from tks.models import MultiStepLIF, build_model
 
 from _utils import assert_equal, assert_rel_close
@@ -170,12 +170,12 @@ def test_trt_loss_is_its_parts(info):
 def test_tssd_framing_sums_adjacent_frames():
     frames = torch.rand(2, 12, 2, 4, 4)  # [B, Tt, C, H, W]
     for T in (1, 2, 3, 4, 6, 12):
-        student = sum_adjacent_steps(frames, T, dim=1)
+        student = sum_adjacent_bins(frames, T, dim=1)
         assert student.shape == (2, T, 2, 4, 4)
         torch.testing.assert_close(student.sum(1), frames.sum(1))
         torch.testing.assert_close(student[:, 0], frames[:, : 12 // T].sum(1))
     with pytest.raises(ValueError, match="not a multiple"):
-        sum_adjacent_steps(frames, 5, dim=1)
+        sum_adjacent_bins(frames, 5, dim=1)
     m = method("tssd", EVENTS, T=2, teacher_T=4)
     assert m.data_T() == 4 and m.eval_input(frames[:, :4]).shape == (2, 2, 2, 4, 4)
     assert method("tssd", STATIC, T=2).data_T() == 2

@@ -192,10 +192,10 @@ def _resolve_options(argv: Optional[list[str]]) -> argparse.Namespace:
 def _build_model_or_fail(args, config: dict, info, device: torch.device):
     """The run's model on ``device``, checked on one sample of the data's shape first, so a model
     that does not fit the dataset is a one-line error instead of a traceback in the first step."""
-    shape = f"{info.in_channels}x{info.image_size}x{info.image_size}"
+    shape = "x".join(map(str, info.input_shape))
     try:
         model = runs.model_from_config(config).to(device)
-        probe = torch.zeros(1, info.in_channels, info.image_size, info.image_size, device=device)
+        probe = torch.zeros(1, *info.input_shape, device=device)
         if not info.static:
             probe = probe.unsqueeze(0)  # one step of a sequence [T, B, ...]
         model.eval()
@@ -351,7 +351,8 @@ def _train(args, rank: int, world: int, device: torch.device, progress: _Progres
     config = {k: getattr(args, k) for k in RECIPE_KEYS}
     config.update(
         loss=args.method,  # the key runs had before methods had their own (kept for readers of old runs)
-        num_classes=info.num_classes, in_channels=info.in_channels, image_size=info.image_size, static=info.static,
+        num_classes=info.num_classes, in_channels=info.in_channels, image_size=info.image_size,
+        signal_length=info.signal_length, static=info.static,
         neuron=asdict(neuron), data_dir=os.path.abspath(args.data_dir), world_size=world, torch=str(torch.__version__),
     )
 

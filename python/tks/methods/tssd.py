@@ -21,6 +21,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..data import sum_adjacent_bins
 from ..loss import KDLoss
 from .base import Method, MethodOptionError, mean_ce
 
@@ -35,15 +36,6 @@ class WeakClassifier(nn.Module):
     def forward(self, x_seq: torch.Tensor) -> torch.Tensor:
         pooled = x_seq.flatten(3).mean(3) if x_seq.dim() > 3 else x_seq
         return self.fc(pooled)
-
-
-def sum_adjacent_steps(seq: torch.Tensor, T: int, dim: int = 0) -> torch.Tensor:
-    """``[..., Tt, ...] -> [..., T, ...]`` along ``dim``: each of the T steps is the sum of ``Tt / T``
-    adjacent ones (the same events in T frames)."""
-    Tt = seq.shape[dim]
-    if Tt % T:
-        raise ValueError(f"{Tt} steps cannot be summed into T={T}: {Tt} is not a multiple of {T}")
-    return seq.unflatten(dim, (T, Tt // T)).sum(dim + 1)
 
 
 class TSSD(Method):
@@ -94,7 +86,7 @@ class TSSD(Method):
 
     def eval_input(self, x):
         # event batches hold the teacher's Tt frames [B, Tt, ...]: the student's T frames are their sums
-        return x if self.static else sum_adjacent_steps(x, self.T, dim=1)
+        return x if self.static else sum_adjacent_bins(x, self.T, dim=1)
 
     def forward(self, net, x):
         T, Tt = self.T, self.hparams["teacher_T"]
@@ -102,7 +94,7 @@ class TSSD(Method):
             teacher_in, student_in = (x, Tt), (x, T)
         else:
             teacher_seq = x.transpose(0, 1)  # [Tt, B, ...]
-            teacher_in, student_in = (teacher_seq, None), (sum_adjacent_steps(teacher_seq, T), None)
+            teacher_in, student_in = (teacher_seq, None), (sum_adjacent_bins(teacher_seq, T, dim=0), None)
         tap = self.hparams["weak_stage"] - 1
         student = net.model.run(*student_in, taps=(tap,))
         return {
@@ -124,4 +116,4 @@ class TSSD(Method):
         return loss, parts
 
 
-__all__ = ["TSSD", "WeakClassifier", "sum_adjacent_steps"]
+__all__ = ["TSSD", "WeakClassifier"]
