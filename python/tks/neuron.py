@@ -46,7 +46,7 @@ from tks_kernels.lif.surrogate import default_alpha
 from ._memory import memory_module_base
 from .surrogate import Surrogate
 
-__all__ = ["LIFNode", "IFNode", "ParametricLIFNode", "BACKENDS"]
+__all__ = ["LIFNode", "IFNode", "ParametricLIFNode", "ILIFNode", "MultiBitLIFNode", "BACKENDS"]
 
 BACKENDS = ("auto", "triton", "cuda", "cpp", "torch")
 # Values of spikingjelly's own ``backend=`` keyword (0.0.0.0.14) that published code passes;
@@ -473,3 +473,119 @@ class ParametricLIFNode(_NeuronBase, *_spikingjelly_neuron("ParametricLIFNode"))
         with torch.no_grad():
             tau = 1.0 / self.w.sigmoid()
         return f", tau={tau}, decay_input={self.decay_input}"
+
+
+def _count_surrogate(fn) -> tuple[int, tuple[float, float]]:
+    """``(max_spike_count, (grad_min, grad_max))`` of a spiking MultiLevelSpikeCount (spikingjelly's
+    or ours), read at every call like spikingjelly reads it; ValueError for anything else."""
+    from .surrogate import MultiLevelSpikeCount
+
+    ok = isinstance(fn, MultiLevelSpikeCount)
+    if not ok:
+        try:
+            from spikingjelly.activation_based import surrogate as sj_surrogate
+
+            ok = isinstance(fn, sj_surrogate.MultiLevelSpikeCount)
+        except ImportError:
+            pass
+    if not ok or not getattr(fn, "spiking", True):
+        raise ValueError(
+            f"surrogate_function must be a spiking MultiLevelSpikeCount (spikingjelly's surrogate.MultiLevelSpikeCount(D) "
+            f"or tks.surrogate.MultiLevelSpikeCount(D)), got {fn!r}"
+        )
+    return fn.max_spike_count, (fn.grad_min, fn.grad_max)
+
+
+def _default_count_surrogate():
+    default = _default_surrogate("ILIFNode")
+    if default is not None:
+        return default
+    from .surrogate import MultiLevelSpikeCount
+
+    return MultiLevelSpikeCount(4)
+
+
+class ILIFNode(LIFNode, *_spikingjelly_neuron("ILIFNode")):
+    """Integer-valued LIF (I-LIF, ECCV 2024), spikingjelly 2.0.0's ``neuron.ILIFNode`` on the fused
+    kernels (``tks_kernels.lif_multistep(..., max_spike_count=D)``).
+
+    Per step: ``H = (1 - 1/tau) V + X``; ``C = round(clamp(H / v_threshold, 0, D))`` (counts, not
+    binary spikes; ties to even); soft reset ``V = H - C * v_threshold``. Backward: a rectangular
+    straight-through gradient ``1 / v_threshold`` where ``grad_min <= H / v_threshold <= grad_max``.
+    ``D`` and the window are read from ``surrogate_function`` (a spiking ``MultiLevelSpikeCount``,
+    spikingjelly's or ours) at every call. Counts come back in x's dtype, ``v`` in fp32.
+
+    Deploying I-LIF spike-driven needs expanding each count into D binary events (spikingjelly's
+    ``layer.SpikeCountToBinary``): the counts themselves are integer activations.
+
+    Args:
+        tau: > 1; spikingjelly's default 4/3 (decay 0.25, the authors' code).
+        v_threshold: > 0.
+        surrogate_function: default spikingjelly's shared ``surrogate.MultiLevelSpikeCount(4)``.
+        detach_reset, step_mode, store_v_seq, backend: as :class:`LIFNode`.
+    """
+
+    def __init__(
+        self,
+        tau: float = 4.0 / 3.0,
+        v_threshold: float = 1.0,
+        surrogate_function=_default_count_surrogate(),
+        detach_reset: bool = False,
+        step_mode: str = "s",
+        store_v_seq: bool = False,
+        *,
+        backend: str = "auto",
+    ):
+        _count_surrogate(surrogate_function)
+        v_threshold = check_real("v_threshold", v_threshold)
+        if not v_threshold > 0:
+            raise ValueError(f"v_threshold must be > 0 for integer spike counts, got {v_threshold}")
+        super().__init__(tau=tau, decay_input=False, v_threshold=v_threshold, v_reset=None,
+                         surrogate_function=surrogate_function, detach_reset=detach_reset, step_mode=step_mode,
+                         store_v_seq=store_v_seq, backend=backend)
+
+    def _run(self, x_seq: torch.Tensor, v_init: Optional[torch.Tensor], store_v_seq: bool):
+        count, window = _count_surrogate(self.surrogate_function)
+        kwargs = dict(tau=self.tau, decay_input=False, v_threshold=self.v_threshold, v_reset=None,
+                      detach_reset=self.detach_reset, store_v_seq=store_v_seq, max_spike_count=count,
+                      grad_window=window)
+        if x_seq.dtype == torch.float64 and self.backend in ("auto", "torch"):
+            from tks_kernels.lif.reference import lif_multistep_reference
+
+            return lif_multistep_reference(x_seq, v_init, **kwargs)
+        return lif_multistep(x_seq, v_init, **kwargs, backend=self.backend)
+
+    def _leak_repr(self) -> str:
+        return f", tau={self.tau}"
+
+
+class MultiBitLIFNode(ILIFNode):
+    """A ``bits``-bit spiking neuron: :class:`ILIFNode` with ``D = 2**bits - 1`` levels above zero
+    (``bits=1`` is a binary soft-reset I-LIF), and its own ``MultiLevelSpikeCount(D, grad_window)``
+    surrogate object. Other arguments as :class:`ILIFNode`.
+
+    Example::
+
+        >>> node = tks.MultiBitLIFNode(bits=2, step_mode="m")    # counts 0..3
+        >>> counts = node(torch.randn(4, 32, 128))
+    """
+
+    def __init__(self, bits: int = 2, tau: float = 4.0 / 3.0, v_threshold: float = 1.0, grad_window=None,
+                 detach_reset: bool = False, step_mode: str = "s", store_v_seq: bool = False, *,
+                 backend: str = "auto"):
+        from tks_kernels._checks import check_int
+
+        bits = check_int("bits", bits)
+        if not 1 <= bits <= 24:
+            raise ValueError(f"bits must be in 1..24 (D = 2**bits - 1 spike levels), got {bits}")
+        try:
+            from spikingjelly.activation_based.surrogate import MultiLevelSpikeCount
+        except ImportError:
+            from .surrogate import MultiLevelSpikeCount
+        super().__init__(tau=tau, v_threshold=v_threshold,
+                         surrogate_function=MultiLevelSpikeCount(2**bits - 1, grad_window=grad_window),
+                         detach_reset=detach_reset, step_mode=step_mode, store_v_seq=store_v_seq, backend=backend)
+        self.bits = bits
+
+    def _leak_repr(self) -> str:
+        return f", tau={self.tau}, bits={self.bits}"

@@ -7,7 +7,7 @@ from typing import Callable
 
 import torch.nn as nn
 
-from .neuron import IFNode, LIFNode, ParametricLIFNode, check_backend
+from .neuron import IFNode, ILIFNode, LIFNode, ParametricLIFNode, check_backend
 
 __all__ = ["replace_neurons"]
 
@@ -26,8 +26,9 @@ HOOK_FLAGS = ("_is_full_backward_hook",)
 
 
 def replace_neurons(model: nn.Module, backend: str = "auto") -> int:
-    """Replace, in place, every spikingjelly ``LIFNode``, ``IFNode`` and ``ParametricLIFNode`` in
-    ``model`` by :class:`tks.LIFNode` / :class:`tks.IFNode` / :class:`tks.ParametricLIFNode`.
+    """Replace, in place, every spikingjelly ``LIFNode``, ``IFNode``, ``ParametricLIFNode`` and
+    ``ILIFNode`` in ``model`` by :class:`tks.LIFNode` / :class:`tks.IFNode` /
+    :class:`tks.ParametricLIFNode` / :class:`tks.ILIFNode`.
 
     Carried over: every hyper-parameter, the surrogate object, step mode, ``store_v_seq``, the
     current state (``v``, ``v_seq``) and its reset value, the training flag, every hook registered
@@ -151,6 +152,12 @@ def _if_leak(old) -> dict:
     return {}
 
 
+def _ilif_kwargs(old) -> dict:
+    # I-LIF: soft reset and no input decay are fixed by the class; D and the window live in the surrogate
+    return dict(tau=old.tau, v_threshold=old.v_threshold, surrogate_function=old.surrogate_function,
+                detach_reset=old.detach_reset, step_mode=old.step_mode, store_v_seq=old.store_v_seq)
+
+
 def _converters() -> dict[type, tuple[type, Callable[[nn.Module], dict]]]:
     """spikingjelly class -> (our class, its constructor arguments from an instance)."""
     try:
@@ -164,6 +171,8 @@ def _converters() -> dict[type, tuple[type, Callable[[nn.Module], dict]]]:
         neuron.IFNode: (IFNode, _activation_based(_if_leak)),
         neuron.ParametricLIFNode: (ParametricLIFNode, _activation_based(_plif_leak)),
     }
+    if hasattr(neuron, "ILIFNode"):
+        table[neuron.ILIFNode] = (ILIFNode, _ilif_kwargs)
     legacy = _legacy_neuron_module()
     if legacy is not None:
         legacy_names = {

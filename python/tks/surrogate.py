@@ -15,7 +15,7 @@ import torch.nn as nn
 from tks_kernels._checks import check_real
 from tks_kernels.lif.surrogate import SURROGATES, default_alpha, spike
 
-__all__ = ["Surrogate"]
+__all__ = ["Surrogate", "MultiLevelSpikeCount"]
 
 
 class Surrogate(nn.Module):
@@ -54,3 +54,35 @@ class Surrogate(nn.Module):
 
     def extra_repr(self) -> str:
         return f"name={self.name!r}, alpha={self.alpha}, spiking=True"
+
+
+class MultiLevelSpikeCount(nn.Module):
+    """Integer spike counts ``round(clamp(x, 0, max_spike_count))`` with a rectangular straight-through
+    gradient in ``[grad_min, grad_max]`` (default ``[0, max_spike_count]``): spikingjelly 2.0.0's
+    ``surrogate.MultiLevelSpikeCount``, with the same mutable attributes, for when spikingjelly is
+    not installed. The I-LIF neurons read ``max_spike_count`` and the window from it at every call.
+    """
+
+    spiking = True
+
+    def __init__(self, max_spike_count: int, spiking: bool = True, grad_window=None):
+        super().__init__()
+        from tks_kernels._checks import check_int
+
+        if not spiking:
+            raise ValueError("tks.surrogate.MultiLevelSpikeCount has no spiking=False mode; use spikingjelly's")
+        self.max_spike_count = check_int("max_spike_count", max_spike_count)
+        if self.max_spike_count < 1:
+            raise ValueError(f"max_spike_count must be >= 1, got {self.max_spike_count}")
+        lo, hi = (0.0, float(self.max_spike_count)) if grad_window is None else grad_window
+        self.grad_min, self.grad_max = check_real("grad_min", lo), check_real("grad_max", hi)
+        if self.grad_min > self.grad_max:
+            raise ValueError(f"grad_window must satisfy grad_min <= grad_max, got {grad_window}")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        hard = x.clamp(0, self.max_spike_count).round()
+        window = ((x >= self.grad_min) & (x <= self.grad_max)).to(x.dtype)
+        return hard + window * (x - x.detach())  # straight through inside the window
+
+    def extra_repr(self) -> str:
+        return f"max_spike_count={self.max_spike_count}, grad_min={self.grad_min}, grad_max={self.grad_max}, spiking=True"

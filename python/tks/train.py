@@ -37,8 +37,10 @@ from .models import MODELS, NeuronConfig
 
 # Options that define the training; a resumed run must not change them (with the method's own
 # options, tks.methods.OPTIONS: see _recipe_keys).
-RECIPE_KEYS = ("dataset", "model", "width", "T", "method", "epochs", "batch_size", "lr", "weight_decay",
-               "warmup_epochs", "amp", "seed")
+RECIPE_KEYS = ("dataset", "model", "width", "neuron_type", "max_spike_count", "T", "method", "epochs", "batch_size",
+               "lr", "weight_decay", "warmup_epochs", "amp", "seed")
+# Keys of runs written before the key existed, and the value such a run had.
+RECIPE_KEY_DEFAULTS = {"neuron_type": "lif", "max_spike_count": None}
 
 
 def _recipe_keys(method: str) -> tuple[str, ...]:
@@ -61,6 +63,11 @@ def build_parser(suppress_defaults: bool = False) -> argparse.ArgumentParser:
                    help="default: the paper's model for the dataset (convsnn for digits, resnet19 for CIFAR, "
                         "vggsnn for DVS)")
     p.add_argument("--width", type=float, default=d(1.0), help="channel multiplier (1.0 = the paper's model)")
+    p.add_argument("--neuron", dest="neuron_type", choices=("lif", "ilif"), default=d("lif"),
+                   help="lif: the TKS authors' binary LIF (tau 2, threshold 0.5, hard reset); ilif: integer spike "
+                        "counts 0..D (I-LIF: tau 4/3, threshold 1, soft reset), D from --spike-bits or --max-spike-count")
+    p.add_argument("--spike-bits", type=int, default=d(None), help="ilif: b-bit spikes, D = 2**b - 1 (default 2)")
+    p.add_argument("--max-spike-count", type=int, default=d(None), help="ilif: the largest count D (instead of --spike-bits)")
     p.add_argument("--T", type=int, default=d(4), help="timesteps")
     p.add_argument("--method", "--loss", dest="method", choices=list(METHODS), default=d("tks"),
                    help="; ".join(f"{name}: {cls.summary}" for name, cls in METHODS.items())
@@ -154,6 +161,11 @@ def _resolve_options(argv: Optional[list[str]]) -> argparse.Namespace:
         except FileNotFoundError as e:
             raise _fail(str(e))
         saved.setdefault("method", saved.get("loss"))  # runs written before methods had their own key
+        for k, v in RECIPE_KEY_DEFAULTS.items():
+            saved.setdefault(k, v)
+        if "spike_bits" in given or "max_spike_count" in given:  # compare D, however it was given
+            args.neuron_type = given.get("neuron_type", saved["neuron_type"])
+            given["max_spike_count"] = _spike_levels(args)
         keys = _recipe_keys(saved["method"])
         changed = [f"{_flag(k)} {given[k]} (the run has {saved.get(k)})"
                    for k in set(keys) | set(OPTIONS) if k in given and given[k] != saved.get(k)]
@@ -174,6 +186,7 @@ def _resolve_options(argv: Optional[list[str]]) -> argparse.Namespace:
     for name, value in (("lr", args.lr), ("weight-decay", args.weight_decay)):
         if not (math.isfinite(value) and value >= 0):
             raise _fail(f"--{name} {value}: must be a finite number >= 0")
+    args.max_spike_count = _spike_levels(args)
     # the method's options: their domains and that the method uses them, before anything is built;
     # what depends on the data is checked once the dataset is known (_train)
     args.method_given = {d: getattr(args, d) for d in OPTIONS if getattr(args, d) is not None}
@@ -207,6 +220,24 @@ def _build_model_or_fail(args, config: dict, info, device: torch.device):
         raise _fail(f"--model {args.model} does not fit --dataset {args.dataset} ({shape} inputs): {first}; "
                     f"choose another --model (the default for {args.dataset} is {info.default_model})") from None
     return model
+
+
+def _spike_levels(args) -> Optional[int]:
+    """D of the I-LIF neuron from --spike-bits / --max-spike-count (None for the binary LIF)."""
+    bits, count = args.spike_bits, args.max_spike_count
+    if args.neuron_type != "ilif":
+        if bits is not None or count is not None:
+            raise _fail("--spike-bits / --max-spike-count set the levels of --neuron ilif; add --neuron ilif")
+        return None
+    if bits is not None and not 1 <= bits <= 24:
+        raise _fail(f"--spike-bits {bits}: must be in 1..24 (D = 2**bits - 1)")
+    if count is not None and not 1 <= count <= 1 << 24:
+        raise _fail(f"--max-spike-count {count}: must be in 1..2**24")
+    if bits is not None and count is not None and count != 2**bits - 1:
+        raise _fail(f"--spike-bits {bits} means D = {2**bits - 1}, but --max-spike-count is {count}; give one of them")
+    if count is not None:
+        return count
+    return 2 ** (2 if bits is None else bits) - 1
 
 
 def _flag(dest: str) -> str:
@@ -347,7 +378,7 @@ def _train(args, rank: int, world: int, device: torch.device, progress: _Progres
     method = build_method(args.method, hparams, epochs=args.epochs, T=args.T, static=info.static)
     if method.data_T() != args.T:  # e.g. TSSD's teacher frames on event data
         train_set, test_set, info = datasets(method.data_T())
-    neuron = NeuronConfig()
+    neuron = NeuronConfig() if args.neuron_type == "lif" else NeuronConfig.ilif(args.max_spike_count)
     config = {k: getattr(args, k) for k in RECIPE_KEYS}
     config.update(
         loss=args.method,  # the key runs had before methods had their own (kept for readers of old runs)

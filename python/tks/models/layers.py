@@ -21,7 +21,12 @@ import tks_kernels
 
 @dataclass(frozen=True)
 class NeuronConfig:
-    """The spiking neuron of every layer (arguments of ``tks_kernels.lif_multistep``)."""
+    """The spiking neuron of every layer (arguments of ``tks_kernels.lif_multistep``).
+
+    The default is the TKS authors' binary LIF. ``max_spike_count=D`` makes it the multi-level
+    I-LIF (integer counts 0..D, soft reset, ``H = (1 - 1/tau) V + X``, a straight-through gradient
+    in ``grad_window``, default ``[0, D]``): build it with :meth:`ilif`, which takes spikingjelly's
+    I-LIF defaults (tau 4/3, threshold 1) instead of the LIF's."""
 
     tau: float = 2.0
     v_threshold: float = 0.5
@@ -29,12 +34,32 @@ class NeuronConfig:
     decay_input: bool = True
     detach_reset: bool = False
     surrogate: str = "piecewise_quadratic"
-    alpha: float = 2.0
+    alpha: Optional[float] = 2.0
     backend: str = "auto"
+    max_spike_count: Optional[int] = None
+    grad_window: Optional[tuple[float, float]] = None
+
+    def __post_init__(self):
+        if self.grad_window is not None:  # a list after a JSON round trip (config.json)
+            object.__setattr__(self, "grad_window", tuple(float(v) for v in self.grad_window))
+
+    @classmethod
+    def ilif(cls, max_spike_count: int, *, tau: float = 4.0 / 3.0, v_threshold: float = 1.0,
+             grad_window: Optional[tuple[float, float]] = None, detach_reset: bool = False,
+             backend: str = "auto") -> "NeuronConfig":
+        """The I-LIF neuron with ``D = max_spike_count`` (a b-bit spike: ``D = 2**b - 1``)."""
+        return cls(tau=tau, v_threshold=v_threshold, v_reset=None, decay_input=False, detach_reset=detach_reset,
+                   surrogate="sigmoid", alpha=None, backend=backend, max_spike_count=max_spike_count,
+                   grad_window=grad_window)
+
+    @property
+    def kind(self) -> str:
+        return "lif" if self.max_spike_count is None else "ilif"
 
 
 class MultiStepLIF(nn.Module):
-    """LIF over ``[T, B, ...]`` in one fused call; returns the spikes ``[T, B, ...]``.
+    """LIF (or I-LIF, see ``NeuronConfig``) over ``[T, B, ...]`` in one fused call; returns the spikes
+    (integer counts for I-LIF) ``[T, B, ...]``.
 
     Starts from ``v = v_reset`` at every call: the whole sequence is one call (multi-step).
     """
@@ -46,7 +71,11 @@ class MultiStepLIF(nn.Module):
     def forward(self, x_seq: torch.Tensor) -> torch.Tensor:
         n = self.neuron
         kwargs = dict(tau=n.tau, v_threshold=n.v_threshold, v_reset=n.v_reset, decay_input=n.decay_input,
-                      detach_reset=n.detach_reset, surrogate=n.surrogate, alpha=n.alpha)
+                      detach_reset=n.detach_reset)
+        if n.max_spike_count is None:
+            kwargs.update(surrogate=n.surrogate, alpha=n.alpha)
+        else:  # integer counts: their straight-through gradient replaces the surrogate
+            kwargs.update(max_spike_count=n.max_spike_count, grad_window=n.grad_window)
         if x_seq.dtype == torch.float64 and n.backend in ("auto", "torch"):
             # the kernels take fp32 / fp16 / bf16: fp64 (gradcheck-style checks) runs the fp64
             # reference, as tks.LIFNode does
