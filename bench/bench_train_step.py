@@ -15,11 +15,13 @@ Providers (each skipped, with the reason printed, when it cannot run here):
 The loss is tks_kernels.tks_loss(lam=0.7, temperature=3, backend="auto") for every provider, so
 the comparison isolates the neurons. Optimizer: SGD, momentum 0.9.
 
-With ``--method ce,tks,tssd,trt`` the script instead measures one training step of each training
-method of ``tks.methods`` (its whole forward: TSSD's teacher pass and weak classifier, TRT's
-reversed pass and star; its loss; backward; AdamW step) on our neurons, against ``ce`` on the
-same model, weights and T: step time, the bytes autograd saves for backward (any device) and the
-CUDA peak (GPU only). Results go to ``train_step_methods.csv`` / ``.md`` / ``.png``.
+With ``--method ce,tks,tssd,trt,ssnn`` the script instead measures one training step of each
+training method of ``tks.methods`` (its whole forward: TSSD's teacher pass and weak classifier,
+TRT's reversed pass and star, SSNN's shrinking stages and early classifiers; its loss; backward;
+AdamW step) on our neurons, against ``ce`` on the same model, weights and T (SSNN: its default
+schedule from T1 = T, in the ``stage_T`` column): step time, the bytes autograd saves for
+backward (any device) and the CUDA peak (GPU only). Each method's model is built as its runs
+build it (``Method.build_model``). Results go to ``train_step_methods.csv`` / ``.md`` / ``.png``.
 
 Usage:  python bench/bench_train_step.py [--quick] [--out DIR] [--method ce,tssd,trt]   (see bench/README.md)
 """
@@ -44,7 +46,7 @@ MODELS = {
     "vggsnn": dict(T=10, in_channels=2, image_size=48, num_classes=10, sequence=True),
     "resnet19": dict(T=4, in_channels=3, image_size=32, num_classes=10, sequence=False),
 }
-METHOD_COLUMNS = ["model", "method", "T", "data_T", "batch", "image_size", "width", "status", "median_ms", "q20_ms",
+METHOD_COLUMNS = ["model", "method", "T", "data_T", "stage_T", "batch", "image_size", "width", "status", "median_ms", "q20_ms",
                   "q80_ms", "overhead_vs_ce", "saved_mb", "saved_vs_ce", "peak_step_mb", "parts"]
 COLUMNS = ["model", "provider", "T", "batch", "image_size", "width", "status", "median_ms", "q20_ms", "q80_ms",
            "samples_per_s", "speedup_vs_sj", "speedup_vs_eager", "peak_step_mb", "logits_rel_err",
@@ -268,7 +270,8 @@ def run_model(model_name, batch, width, args, device, providers, skips, warmup_m
 def run_methods(model_name, batch, width, methods, device, skips, warmup_ms, rep_ms):
     """One training step of each method in ``methods`` on our neurons: rows of METHOD_COLUMNS."""
     from tks.data.common import DataInfo
-    from tks.methods import MethodNet, build_method, resolve_hparams
+    from tks.methods import METHODS, MethodNet, build_method, resolve_hparams
+    from tks.models import NeuronConfig
 
     spec = MODELS[model_name]
     T, static = spec["T"], not spec["sequence"]
@@ -276,7 +279,7 @@ def run_methods(model_name, batch, width, methods, device, skips, warmup_ms, rep
                     lam=0.7 if static else 0.3, temperature=3.0 if static else 5.0)
     where = f"{model_name}, batch {batch}, width {width:g}"
     print(f"-- {where}: training methods", flush=True)
-    build_model = load_build_model()
+    load_build_model()  # the reason it is missing, if it is
     rows = []
     for name in methods:
         row = dict(model=model_name, method=name, T=T, batch=batch, image_size=spec["image_size"], width=width)
@@ -284,11 +287,15 @@ def run_methods(model_name, batch, width, methods, device, skips, warmup_ms, rep
             hparams = resolve_hparams(name, {}, info, T)
             method = build_method(name, hparams, epochs=10, T=T, static=static)
             method.set_epoch(5)  # mid-schedule (TKS's lambda > 0): the speed does not depend on it
-            torch.manual_seed(0)
-            model = build_model(model_name, num_classes=spec["num_classes"], in_channels=spec["in_channels"],
-                                image_size=spec["image_size"], width=width)
+            torch.manual_seed(0)  # the same weights for every method (the zoo model's come first)
+            # the model as a run of this method builds it (ssnn: the shrinking network at its schedule)
+            config = dict(model=model_name, num_classes=spec["num_classes"], in_channels=spec["in_channels"],
+                          image_size=spec["image_size"], width=width, T=T,
+                          neuron=dataclasses.asdict(NeuronConfig()), **hparams)
+            model = METHODS[name].build_model(config)
             net = MethodNet(model, method, info).to(device).train()
             row["data_T"] = method.data_T()
+            row["stage_T"] = ",".join(map(str, getattr(model, "stage_T", ())))
             gen = torch.Generator(device="cpu").manual_seed(1)
             x, y = make_inputs(dict(spec, T=method.data_T()), batch, device, gen)
             if not static:
@@ -335,12 +342,13 @@ def write_method_outputs(out_dir, rows, tag, skip_reasons):
     md.append("- one step = the method's forward (every pass it makes), its loss, backward, AdamW step, on our "
               "neurons (backend auto); median ms [20%, 80%]; x ce: time over ce's on the same model, weights and T; "
               "saved: bytes autograd keeps for backward (unique storages); peak: CUDA only\n")
-    table = [(r["model"], r["method"], str(r["T"]), str(r.get("data_T", "")), str(r["batch"]), C.fmt(r["width"]),
+    table = [(r["model"], r["method"], str(r["T"]), str(r.get("data_T", "")), r.get("stage_T", ""), str(r["batch"]),
+              C.fmt(r["width"]),
               f"{C.fmt(r.get('median_ms'))} [{C.fmt(r.get('q20_ms'))}, {C.fmt(r.get('q80_ms'))}]" if r["status"] == "ok"
               else r["status"][:80], C.fmt(r.get("overhead_vs_ce")), C.fmt(r.get("saved_mb")),
               C.fmt(r.get("saved_vs_ce")), C.fmt(r.get("peak_step_mb")), r.get("parts", ""))
              for r in rows]
-    md.append(C.md_table(("model", "method", "T", "data T", "batch", "width", "step ms", "x ce", "saved MB",
+    md.append(C.md_table(("model", "method", "T", "data T", "stage T", "batch", "width", "step ms", "x ce", "saved MB",
                           "saved x ce", "peak MB", "loss parts"), table) + "\n")
     md.extend(C.md_skipped(skip_reasons))
     md.append("## Targets\n\nNone set; the abstracts claim TRT's overhead is small and TSSD's is not: the table "

@@ -10,6 +10,11 @@ For each run (a ``tks-train`` folder) on its test set:
 - the accuracy of each single step's output t = 1..T, from the run on all T steps;
 - AURC x 1000 at every T' (confidence = the largest logit of the mean output, as the TKS authors).
 
+A method whose deployed model runs at a fixed schedule reports its own (``Method.evaluate``): an
+``ssnn`` run is tested at its stage T's only (its top-1 and AURC in the T' = T1 column, the
+input's steps; plotted at its average timesteps), with its early-exit table and relative cost in
+``ssnn_schedule.csv`` and ``early_exits.csv``.
+
 Writes ``timesteps.csv`` (run, T', top-1, AURC), ``steps.csv`` (run, step, top-1) and
 ``accuracy_vs_timesteps.png`` (one line per run) into ``--out``, and prints the table.
 """
@@ -27,6 +32,7 @@ from torch.utils.data import DataLoader
 
 from . import runs
 from .data import DatasetNotFoundError, build_datasets
+from .methods import METHODS
 
 PLOT_FILE = "accuracy_vs_timesteps.png"
 TIMESTEPS_FILE = "timesteps.csv"
@@ -79,6 +85,7 @@ def evaluate_run(run: str, *, T_max: Optional[int] = None, batch_size: int = 256
     ckpt = runs.load_checkpoint(ckpt_file or runs.checkpoint_path(run_dir))
     config = ckpt["config"]
     T = int(config["T"])
+    T_max_given = T_max
     T_max = T if T_max is None else int(T_max)
     if not 1 <= T_max <= T:
         raise EvalOptionError(f"--T-max {T_max}: {run_dir} was trained with T={T}; test T' in 1..{T} (the input has "
@@ -88,6 +95,11 @@ def evaluate_run(run: str, *, T_max: Optional[int] = None, batch_size: int = 256
     model.load_state_dict(ckpt["model"])
     model.to(device).eval()
     loader = DataLoader(test_set, batch_size=batch_size, shuffle=False, num_workers=num_workers)
+    about = {"run": run_dir, "label": _label(run_dir, _method(config)), "loss": _method(config), "T": T,
+             "epoch": ckpt["epoch"], "n": len(test_set)}
+    own = METHODS[_method(config)].evaluate(model, ckpt, loader, device=device, T_max=T_max_given)
+    if own is not None:  # a method with its own evaluation (ssnn: its schedule, early exits, cost)
+        return {**about, **own}
 
     prefix_logits = {t: [] for t in range(1, T_max + 1)}  # mean logits of the truncated runs
     step_correct, labels = [], []
@@ -106,11 +118,7 @@ def evaluate_run(run: str, *, T_max: Optional[int] = None, batch_size: int = 256
         correct = mean.argmax(-1) == y
         timesteps.append((t, correct.double().mean().item(), aurc(mean.max(-1).values, correct)))
     per_step = torch.cat(step_correct, 1).double().mean(1)
-    return {
-        "run": run_dir, "label": _label(run_dir, _method(config)),
-        "loss": _method(config), "T": T, "epoch": ckpt["epoch"], "n": int(y.numel()),
-        "timesteps": timesteps, "steps": [(t + 1, per_step[t].item()) for t in range(T)],
-    }
+    return {**about, "timesteps": timesteps, "steps": [(t + 1, per_step[t].item()) for t in range(T)]}
 
 
 def _method(config: dict) -> str:
@@ -141,10 +149,14 @@ def plot(results: list[dict], path: str) -> None:
 
     fig, (ax_t, ax_s) = plt.subplots(1, 2, figsize=(11, 4.2))
     for r in results:
-        ts = [t for t, _, _ in r["timesteps"]]
-        ax_t.plot(ts, [100 * a for _, a, _ in r["timesteps"]], marker="o", label=f"{r['label']}, trained T={r['T']}")
+        # a method's own points (ssnn: its accuracy at its average timesteps) where it gives them
+        ts = r.get("plot_timesteps") or [t for t, _, _ in r["timesteps"]]
+        own = "plot_timesteps" in r
+        ax_t.plot(ts, [100 * a for _, a, _ in r["timesteps"]], marker="*" if own else "o", markersize=12 if own else 6,
+                  label=f"{r['label']}, " + (r.get("plot_label") or f"trained T={r['T']}"))
         ax_s.plot([t for t, _ in r["steps"]], [100 * a for _, a in r["steps"]], marker="s", label=r["label"])
-    ax_t.set(xlabel="test timesteps T'", ylabel="top-1 accuracy (%)", title="Testing at fewer timesteps than trained")
+    ax_t.set(xlabel="test timesteps T' (ssnn: average timesteps)", ylabel="top-1 accuracy (%)",
+             title="Testing at fewer timesteps than trained")
     ax_s.set(xlabel="timestep t", ylabel="top-1 accuracy (%)", title="Accuracy of each step's output")
     for ax in (ax_t, ax_s):
         ax.grid(alpha=0.3)
@@ -160,7 +172,7 @@ def plot(results: list[dict], path: str) -> None:
 def format_table(results: list[dict]) -> str:
     """One row per run: top-1 (%) at every T' (blank where T' is beyond what the run was tested
     at), then AURC x 1000 at the run's largest T', in its own column."""
-    t_max = max(len(r["timesteps"]) for r in results)
+    t_max = max(t for r in results for t, _, _ in r["timesteps"])
     width = max(len(r["label"]) for r in results)
     head = f"{'run':<{width}}  " + "  ".join(f"T'={t:<3}" for t in range(1, t_max + 1)) + "  AURCx1000"
     lines = [head, "-" * len(head)]
@@ -169,6 +181,25 @@ def format_table(results: list[dict]) -> str:
         accs = "  ".join(f"{100 * by_t[t]:6.2f}" if t in by_t else " " * 6 for t in range(1, t_max + 1))
         lines.append(f"{r['label']:<{width}}  {accs}  {1000 * r['timesteps'][-1][2]:9.2f}")
     return "\n".join(lines)
+
+
+def method_tables(results: list[dict]) -> dict[str, dict]:
+    """The tables methods add to their runs' results (``Method.evaluate``: ssnn's schedule and early
+    exits), by name: ``{"title", "header", "rows": [(result, row)]}``, every run's rows in order."""
+    tables: dict[str, dict] = {}
+    for r in results:
+        for t in r.get("tables", ()):
+            table = tables.setdefault(t["name"], {"title": t["title"], "header": list(t["header"]), "rows": []})
+            table["rows"] += [(r, list(row)) for row in t["rows"]]
+    return tables
+
+
+def format_rows(header: list[str], rows: list[list]) -> str:
+    """A plain text table, columns as wide as their widest cell."""
+    cells = [[str(c) for c in row] for row in [header, *rows]]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(header))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in cells]
+    return "\n".join([lines[0], "-" * len(lines[0]), *lines[1:]])
 
 
 def main(argv: Optional[list[str]] = None) -> int:
@@ -196,8 +227,14 @@ def main(argv: Optional[list[str]] = None) -> int:
     sizes = ", ".join(sorted({str(r["n"]) for r in results}))
     print(f"top-1 accuracy (%) at test timesteps T' (the first T' steps of the input; {sizes} test samples)")
     print(format_table(results))
-    print(f"\nwritten: {os.path.join(out, TIMESTEPS_FILE)}, {os.path.join(out, STEPS_FILE)}, "
-          f"plot {os.path.join(out, PLOT_FILE)}")
+    written = [os.path.join(out, TIMESTEPS_FILE), os.path.join(out, STEPS_FILE)]
+    for name, table in method_tables(results).items():
+        written.append(os.path.join(out, f"{name}.csv"))
+        _write_csv(written[-1], ["run", "loss", *table["header"]],
+                   [[r["run"], r["loss"], *row] for r, row in table["rows"]])
+        shown = format_rows(["run", *table["header"]], [[r["label"], *row] for r, row in table["rows"]])
+        print(f"\n{table['title']}\n{shown}")
+    print(f"\nwritten: {', '.join(written)}, plot {os.path.join(out, PLOT_FILE)}")
     return 0
 
 

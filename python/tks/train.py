@@ -2,6 +2,7 @@
 
     tks-train --dataset digits --model convsnn --method tks --T 4 --epochs 30 --out runs/digits-tks
     tks-train --dataset digits-events --method tssd --teacher-T 16 --T 8 --out runs/events-tssd
+    tks-train --dataset digits --method ssnn --T 8 --stage-T 8,5,3 --out runs/digits-ssnn
     tks-train --out runs/digits-tks --resume                      # continue an interrupted run
     torchrun --nproc_per_node 4 -m tks.train --dataset cifar10 --model resnet19 --T 4 ...
 
@@ -173,7 +174,7 @@ def _resolve_options(argv: Optional[list[str]]) -> argparse.Namespace:
             raise _fail(f"--resume continues the run in {args.out} with its own options; these differ: "
                         f"{'; '.join(sorted(changed))}. Drop them, or start a new run in another --out")
         for k in keys:
-            setattr(args, k, saved[k])
+            setattr(args, k, saved.get(k))  # an option the run's method leaves unset is not in its config
         if "data_dir" not in given:
             args.data_dir = saved["data_dir"]
     elif os.path.exists(ckpt_path):
@@ -209,12 +210,15 @@ def _build_model_or_fail(args, config: dict, info, device: torch.device):
     try:
         model = runs.model_from_config(config).to(device)
         probe = torch.zeros(1, *info.input_shape, device=device)
+        T = config["T"]  # the run's T (a shrinking network runs on T1 = T steps only)
         if not info.static:
-            probe = probe.unsqueeze(0)  # one step of a sequence [T, B, ...]
+            probe = probe.unsqueeze(0).expand(T, *probe.shape)  # a sequence [T, B, ...]
         model.eval()
         with torch.no_grad():
-            model(probe, T=1) if info.static else model(probe)
+            model(probe, T=T) if info.static else model(probe)
         model.train()
+    except MethodOptionError as e:  # a method option that does not fit the model (ssnn's --stage-T)
+        raise _fail(str(e)) from None
     except (ValueError, RuntimeError) as e:
         first = (str(e).strip().splitlines() or [""])[0]
         raise _fail(f"--model {args.model} does not fit --dataset {args.dataset} ({shape} inputs): {first}; "
@@ -386,6 +390,7 @@ def _train(args, rank: int, world: int, device: torch.device, progress: _Progres
         signal_length=info.signal_length, static=info.static,
         neuron=asdict(neuron), data_dir=os.path.abspath(args.data_dir), world_size=world, torch=str(torch.__version__),
     )
+    config.update(method.hparams)  # the method builds the model from its options (ssnn's --stage-T)
 
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # fixed input shapes: let cuDNN pick the fastest convolutions

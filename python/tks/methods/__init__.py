@@ -5,6 +5,8 @@
 - ``tks`` (``tks.py``): Temporal Knowledge Sharing, the fused ``tks_kernels.tks_loss``.
 - ``tssd`` (``tssd.py``): temporal-spatial self-distillation (our formulation).
 - ``trt`` (``trt.py``): temporal reversed training (our formulation).
+- ``ssnn`` (``ssnn.py``): the shrinking SNN, a T per stage, temporal transformers, early classifiers
+  (our formulation).
 
 Adding a method is adding one module with a ``Method`` subclass (``base.py``), its entry in
 ``METHODS`` and, if it has new flags, in ``OPTIONS``. Every option is stored in the run's
@@ -12,28 +14,33 @@ Adding a method is adding one module with a ``Method`` subclass (``base.py``), i
 """
 from __future__ import annotations
 
-from .base import Method, MethodNet, MethodOptionError, Option, mean_ce, model_input
+import math
+
+from .base import Method, MethodNet, MethodOptionError, Option, comma_floats, comma_ints, mean_ce, model_input
 from .ce import CE, LabelSmoothing
 from .tet import TET
 from .tks import TKS
 from .trt import TRT
+from .ssnn import FINAL_LOSSES, SSNN, TRANSFORMERS
 from .tssd import TSSD
 
 __all__ = ["METHODS", "OPTIONS", "Method", "MethodNet", "MethodOptionError", "Option", "build_method",
            "check_options", "resolve_hparams", "mean_ce", "model_input"]
 
-METHODS: dict[str, type[Method]] = {cls.name: cls for cls in (CE, LabelSmoothing, TET, TKS, TSSD, TRT)}
+METHODS: dict[str, type[Method]] = {cls.name: cls for cls in (CE, LabelSmoothing, TET, TKS, TSSD, TRT, SSNN)}
 
 # Every method option, once (a flag some methods share, e.g. --temperature, has one meaning per method
 # and its defaults are the method's: see each method's ``defaults``).
 OPTIONS: dict[str, Option] = {o.dest: o for o in (
     Option("--lam", "lam", float,
-           "tks: largest lambda, lambda = lam * epoch / epochs (default 0.7 static, 0.3 DVS data); "
-           "trt: weight of kd(reversed, original) (default 1)", lambda v: v >= 0, "a finite number >= 0"),
+           "tks (and ssnn --final-loss tks): largest lambda, lambda = lam * epoch / epochs (default 0.7 static, "
+           "0.3 DVS data); trt: weight of kd(reversed, original) (default 1)", lambda v: v >= 0,
+           "a finite number >= 0"),
     Option("--temperature", "temperature", float,
-           "tks: teacher temperature (default 3 static, 5 DVS data); tssd, trt: kd temperature (default 2)",
-           lambda v: v > 0, "> 0"),
-    Option("--label-smoothing", "label_smoothing", float, "ls: smoothing factor (default 0.1)",
+           "tks (and ssnn --final-loss tks): teacher temperature (default 3 static, 5 DVS data); tssd, trt: kd "
+           "temperature (default 2)", lambda v: v > 0, "> 0"),
+    Option("--label-smoothing", "label_smoothing", float,
+           "ls (and ssnn --final-loss ls): smoothing factor (default 0.1)",
            lambda v: 0 <= v <= 1, "in [0, 1] (the TKS ablation uses 0.1)"),
     Option("--teacher-T", "teacher_T", int,
            "tssd: steps of the temporal teacher, > T (default 2T; a multiple of T on event data)",
@@ -47,6 +54,22 @@ OPTIONS: dict[str, Option] = {o.dest: o for o in (
            lambda v: v >= 0, "a finite number >= 0"),
     Option("--lam-star", "lam_star", float, "trt: weight of CE of the star-hybrid rates (default 1)",
            lambda v: v >= 0, "a finite number >= 0"),
+    Option("--stage-T", "stage_T", comma_ints,
+           "ssnn: steps of each stage of the model, strictly decreasing, the first = --T, e.g. 8,5,3 (default: "
+           "T_i = round(T * (n - i) / n) over the model's n stages, i = 0..n-1: 8,5,3 for T=8 and 3 stages)",
+           lambda v: len(v) >= 1 and all(t >= 1 for t in v) and all(b < a for a, b in zip(v, v[1:])),
+           "integers >= 1, strictly decreasing (each stage fewer steps than the one before), e.g. 8,5,3"),
+    Option("--temporal-transformer", "temporal_transformer", str,
+           "ssnn: learned (the T_i+1 x T_i matrix between stages trained, from the area averaging) or fixed (the "
+           "area averaging, not trained) (default learned)",
+           lambda v: v in TRANSFORMERS, " or ".join(TRANSFORMERS)),
+    Option("--ec-weights", "ec_weights", comma_floats,
+           "ssnn: weight of each early classifier's CE, one per stage but the last, e.g. 1,0.5 (default 1 each)",
+           lambda v: all(math.isfinite(w) and w >= 0 for w in v), "finite numbers >= 0, one per early classifier"),
+    Option("--final-loss", "final_loss", str,
+           "ssnn: the loss of the final output, one of the single-pass methods: ce, ls, tet or tks (with their "
+           "options --label-smoothing, --lam, --temperature) (default ce)",
+           lambda v: v in FINAL_LOSSES, "one of " + ", ".join(FINAL_LOSSES)),
 )}
 
 
@@ -71,9 +94,7 @@ def resolve_hparams(name: str, given: dict, info, T: int) -> dict:
     flag) for a value outside the option's domain, for a flag this method does not use, or for a
     value that does not fit the method or the data."""
     cls = METHODS[name]
-    given = check_options(name, given)
-    hparams = dict(cls.defaults(info, T)) if hasattr(cls, "defaults") else {}
-    hparams.update(given)
+    hparams = cls.resolve(check_options(name, given), info, T)
     cls.check(hparams, T=T, static=info.static)
     return hparams
 

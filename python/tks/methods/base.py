@@ -8,6 +8,7 @@ step), calls it on each batch, and asks the method for the loss and the parts to
 """
 from __future__ import annotations
 
+import argparse
 import math
 from dataclasses import dataclass
 from typing import Callable, ClassVar, Optional
@@ -36,7 +37,29 @@ class Option:
     def check(self, value) -> None:
         finite = not isinstance(value, float) or math.isfinite(value)
         if not (finite and self.valid(value)):
-            raise MethodOptionError(f"{self.flag} {value}: must be {self.requirement or 'a finite number'}")
+            raise MethodOptionError(f"{self.flag} {format_value(value)}: must be {self.requirement or 'a finite number'}")
+
+
+def format_value(value) -> str:
+    """An option's value as the user types it (a list as ``8,5,3``)."""
+    return ",".join(map(str, value)) if isinstance(value, (list, tuple)) else str(value)
+
+
+def _comma_list(kind, name: str, example: str):
+    def parse(text: str) -> list:
+        try:
+            values = [kind(v) for v in str(text).split(",")]
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of {name} (e.g. {example})") \
+                from None
+        return values  # a list, as config.json stores it (so --resume compares equal)
+
+    parse.__name__ = f"comma-separated {name}"
+    return parse
+
+
+comma_ints = _comma_list(int, "integers", "8,5,3")
+comma_floats = _comma_list(float, "numbers", "1,0.5")
 
 
 def model_input(x: torch.Tensor, T: int, static: bool) -> tuple[torch.Tensor, Optional[int]]:
@@ -70,6 +93,15 @@ class Method:
     # -- options -----------------------------------------------------------------------------------
 
     @classmethod
+    def resolve(cls, given: dict, info, T: int) -> dict:
+        """The method's options from those the user gave (by dest, each already in its domain): its
+        ``defaults(info, T)`` (if it has them) updated with ``given``. A method whose options depend
+        on another one (SSNN's ``--final-loss``) overrides this."""
+        hparams = dict(cls.defaults(info, T)) if hasattr(cls, "defaults") else {}
+        hparams.update(given)
+        return hparams
+
+    @classmethod
     def check(cls, hparams: dict, *, T: int, static: bool) -> None:
         """Raise ``MethodOptionError`` for values that do not fit (ranges are checked by ``OPTIONS``)."""
 
@@ -86,6 +118,18 @@ class Method:
             config["model"], num_classes=config["num_classes"], in_channels=config["in_channels"],
             image_size=config["image_size"], width=config["width"], neuron=NeuronConfig(**config["neuron"]),
         )
+
+    @classmethod
+    def evaluate(cls, model: nn.Module, checkpoint: dict, loader, *, device, T_max: Optional[int]) -> Optional[dict]:
+        """tks-eval's metrics of a run of this method in place of its T' = 1..T sweep, or ``None`` (the
+        default: the sweep). A method whose deployed model cannot run on fewer input steps (SSNN)
+        returns ``{"timesteps": [(T', top1, aurc)], "steps": [(t, top1)]}`` and optionally
+        ``"plot_timesteps"`` (the x of its points in the accuracy plot), ``"plot_label"`` and
+        ``"tables"``: ``[{"name", "title", "header", "rows"}]``, printed by tks-eval and written to
+        ``<name>.csv`` (the rows of every run, after a "run" column). ``model``: the run's model,
+        weights loaded, on ``device``, in eval mode; ``loader``: its test set; ``T_max``: the
+        ``--T-max`` passed (``None`` if none)."""
+        return None
 
     def data_T(self) -> int:
         """How many steps the dataset must provide (TSSD's teacher needs more than T on event data)."""

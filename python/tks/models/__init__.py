@@ -12,7 +12,9 @@ decay, piecewise-quadratic surrogate with alpha 2.
 Models (``MODELS``): ``vggsnn`` (TET/TKS VGG-SNN for 48x48 DVS frames), ``resnet19`` (tdBN
 ResNet-19), ``sew_resnet19`` (SEW ResNet-19, ADD connection), ``convsnn`` (a small 3-layer net for
 the offline default). ``width`` scales every channel count (1.0 = the paper's size; tests use less).
-Modules: ``layers`` (the neuron layer, ``SpikingModel`` and its stages), ``cnn`` (the CNNs).
+Modules: ``layers`` (the neuron layer, ``SpikingModel`` and its stages), ``cnn`` (the CNNs),
+``shrinking`` (SSNN's ``ShrinkingSNN``, any zoo model with a T per stage, and its
+``TemporalTransformer``).
 """
 from __future__ import annotations
 
@@ -21,10 +23,11 @@ from typing import Callable
 
 from .cnn import BasicBlock, ConvSNN, ResNet19, SEWBlock, VGGSNN
 from .layers import ModelRun, MultiStepLIF, NeuronConfig, PerStep, SpikingModel, conv_bn
+from .shrinking import ShrinkingSNN, TemporalTransformer
 
 __all__ = [
     "MODELS", "build_model", "NeuronConfig", "MultiStepLIF", "PerStep", "SpikingModel", "ModelRun", "conv_bn",
-    "VGGSNN", "ResNet19", "ConvSNN", "BasicBlock", "SEWBlock",
+    "VGGSNN", "ResNet19", "ConvSNN", "BasicBlock", "SEWBlock", "ShrinkingSNN", "TemporalTransformer",
 ]
 
 

@@ -180,13 +180,20 @@ class SpikingModel(nn.Module):
     def first_spiking_layer(self) -> nn.Module:
         return self.stages[0][0]
 
+    def between_stages(self, i: int, h: torch.Tensor) -> torch.Tensor:
+        """What the output of stage ``i`` becomes before stage ``i + 1`` sees it: itself here; the
+        shrinking network (``shrinking.ShrinkingSNN``) maps it onto the next stage's steps."""
+        return h
+
     def run(self, x: torch.Tensor, T: Optional[int] = None, *, reverse_first_spikes: bool = False,
             taps: tuple[int, ...] = ()) -> ModelRun:
         """The forward with its inside exposed: ``reverse_first_spikes`` flips the first spiking
         layer's output along T before the rest of the network runs on it (TRT on static data);
-        ``taps`` lists stage indices whose outputs are returned too (TSSD's weak classifier)."""
+        ``taps`` lists stage indices whose outputs are returned too (TSSD's weak classifier, SSNN's
+        early classifiers), each at its stage's own steps."""
         h = self.encode(x, T)
         outputs = {}
+        last = len(self.stages) - 1
         for i, stage in enumerate(self.stages):
             if i == 0 and reverse_first_spikes:
                 h = self.first_spiking_layer(h).flip(0)
@@ -195,14 +202,19 @@ class SpikingModel(nn.Module):
             else:
                 h = stage(h)
             if i in taps:
-                outputs[i] = h
+                outputs[i] = h  # the stage's own output (before between_stages)
+            if i < last:
+                h = self.between_stages(i, h)
         features = self.head(h)
         return ModelRun(self.classifier(features), features, outputs)
 
     def forward(self, x: torch.Tensor, T: Optional[int] = None) -> torch.Tensor:
         h = self.encode(x, T)
-        for stage in self.stages:
+        last = len(self.stages) - 1
+        for i, stage in enumerate(self.stages):
             h = stage(h)
+            if i < last:
+                h = self.between_stages(i, h)
         return self.classifier(self.head(h))
 
 
