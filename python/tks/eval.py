@@ -227,6 +227,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     sizes = ", ".join(sorted({str(r["n"]) for r in results}))
     print(f"top-1 accuracy (%) at test timesteps T' (the first T' steps of the input; {sizes} test samples)")
     print(format_table(results))
+    for r in results:
+        if r.get("note"):
+            print(f"{r['label']}: {r['note']}")
     written = [os.path.join(out, TIMESTEPS_FILE), os.path.join(out, STEPS_FILE)]
     for name, table in method_tables(results).items():
         written.append(os.path.join(out, f"{name}.csv"))

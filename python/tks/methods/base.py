@@ -124,7 +124,8 @@ class Method:
         """tks-eval's metrics of a run of this method in place of its T' = 1..T sweep, or ``None`` (the
         default: the sweep). A method whose deployed model cannot run on fewer input steps (SSNN)
         returns ``{"timesteps": [(T', top1, aurc)], "steps": [(t, top1)]}`` and optionally
-        ``"plot_timesteps"`` (the x of its points in the accuracy plot), ``"plot_label"`` and
+        ``"plot_timesteps"`` (the x of its points in the accuracy plot), ``"plot_label"``, ``"note"`` (a
+        line printed under the accuracy table) and
         ``"tables"``: ``[{"name", "title", "header", "rows"}]``, printed by tks-eval and written to
         ``<name>.csv`` (the rows of every run, after a "run" column). ``model``: the run's model,
         weights loaded, on ``device``, in eval mode; ``loader``: its test set; ``T_max``: the

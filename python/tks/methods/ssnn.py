@@ -243,6 +243,9 @@ class SSNN(Method):
             "steps": [(t + 1, per_step[t].item()) for t in range(len(per_step))],
             "plot_timesteps": [avg],
             "plot_label": f"stage T {schedule} (average {avg:.2f}), cost x{relative:.2f}",
+            "note": f"tested at its schedule only (stage T {schedule}): T'={T} is its input's steps, average "
+                    f"timesteps {avg:.2f}, relative cost {relative:.2f}; steps.csv holds its last stage's "
+                    f"{stage_T[-1]} steps",
             "tables": [
                 {"name": "ssnn_schedule", "title": "SSNN runs at their schedule (relative cost: dense synaptic "
                                                    "operations over the same model at T1 everywhere)",
