@@ -290,13 +290,25 @@ TINY = ["--dataset", "digits", "--model", "convsnn", "--width", "0.25", "--T", "
 
 @pytest.fixture(scope="module")
 def ssnn_runs(tmp_path_factory):
+    """digits: an ssnn run (learned transformers, final loss ce) and a ce run beside it."""
     root = tmp_path_factory.mktemp("ssnn")
     args = TINY + ["--method", "ssnn", "--stage-T", "4,3,1", "--ec-weights", "1,0.5"]
     assert train.main(args + ["--out", str(root / "ssnn")]) == 0
-    assert train.main(args + ["--out", str(root / "resumed"), "--stop-after-epoch", "1"]) == 0
-    torch.manual_seed(1234)
-    assert train.main(["--out", str(root / "resumed"), "--resume", "--max-batches", "2"]) == 0
     assert train.main(TINY + ["--method", "ce", "--out", str(root / "ce")]) == 0
+    return root
+
+
+@pytest.fixture(scope="module")
+def events_runs(tmp_path_factory):
+    """digits-events (frames, 2x16x16): ssnn with fixed transformers and the tks final loss, straight
+    and interrupted after epoch 1, then resumed."""
+    root = tmp_path_factory.mktemp("ssnn-events")
+    args = ["--dataset", "digits-events", "--data-dir", str(root / "data"), *TINY[2:], "--method", "ssnn",
+            "--temporal-transformer", "fixed", "--final-loss", "tks"]
+    assert train.main(args + ["--out", str(root / "straight")]) == 0
+    assert train.main(args + ["--out", str(root / "resumed"), "--stop-after-epoch", "1"]) == 0
+    torch.manual_seed(1234)  # the resumed process starts from another RNG state: the checkpoint's must win
+    assert train.main(["--out", str(root / "resumed"), "--resume", "--max-batches", "2"]) == 0
     return root
 
 
@@ -305,7 +317,7 @@ def _rows(path):
         return list(csv.DictReader(f))
 
 
-def test_train_run_folder_and_resume(ssnn_runs):
+def test_train_run_folder(ssnn_runs):
     out = ssnn_runs / "ssnn"
     config = json.loads((out / "config.json").read_text())
     assert (config["method"], config["stage_T"], config["ec_weights"]) == ("ssnn", [4, 3, 1], [1.0, 0.5])
@@ -321,10 +333,31 @@ def test_train_run_folder_and_resume(ssnn_runs):
     model = runs.model_from_config(config)  # what tks-eval rebuilds from config.json
     model.load_state_dict(ckpt["model"])
     assert isinstance(model, ShrinkingSNN) and model.stage_T == (4, 3, 1)
-    _assert_same_run(out, ssnn_runs / "resumed")
-    resumed = runs.load_checkpoint(str(ssnn_runs / "resumed" / "checkpoint.pt"))
-    for k, v in ckpt["method"].items():
-        assert torch.equal(v, resumed["method"][k]), k
+
+
+def test_resume_equals_uninterrupted_run_on_digits_events(events_runs):
+    straight, resumed = events_runs / "straight", events_runs / "resumed"
+    config = json.loads((straight / "config.json").read_text())
+    assert (config["static"], config["stage_T"], config["final_loss"]) == (False, [4, 3, 1], "tks")  # the default
+    assert (config["lam"], config["temperature"]) == (0.3, 5.0)  # tks's defaults for event data
+    assert {"train_final", "train_final_kd", "train_ec1", "train_ec2"} <= set(_rows(straight / "metrics.csv")[0])
+    _assert_same_run(straight, resumed)
+    a, b = (runs.load_checkpoint(str(d / "checkpoint.pt")) for d in (straight, resumed))
+    assert a["method"] and all(torch.equal(v, b["method"][k]) for k, v in a["method"].items())
+    assert torch.equal(a["model"]["transformers.0.weight"], area_average_weights(4, 3))  # fixed: never trained
+
+
+def test_eval_on_digits_events(events_runs):
+    result = tks_eval.evaluate_run(str(events_runs / "straight"))
+    final = _rows(events_runs / "straight" / "metrics.csv")[-1]
+    assert result["timesteps"][0][:2] == (4, pytest.approx(float(final["test_acc"]), abs=1e-6))
+    (schedule,), exits = (t["rows"] for t in result["tables"])
+    # 2x16x16 frames, c = 4: the stem 2->4 on 16x16 (46^2 = 2116 in-bounds taps) runs all 4 steps: 16928 each;
+    # 4->8 on 16x16 67712, 8->8 on 8x8 30976, the classifier 1280; transformers 3*4*1024, 1*3*512
+    uniform = 4 * (16928 + 67712 + 30976 + 1280)
+    schedule_ops = 4 * 16928 + 3 * 4 * 1024 + 3 * 67712 + 1 * 3 * 512 + 30976 + 1280
+    assert float(schedule[-1]) == pytest.approx(schedule_ops / uniform, abs=1e-6)
+    assert [row[0] for row in exits] == ["ec1", "ec2", "final"]
 
 
 def test_eval_beside_another_run(ssnn_runs, capsys):
