@@ -62,7 +62,7 @@ def build_parser(suppress_defaults: bool = False) -> argparse.ArgumentParser:
                    help="digits is bundled (offline); the others read --data-dir")
     p.add_argument("--model", choices=sorted(MODELS), default=d(None),
                    help="default: the paper's model for the dataset (convsnn for digits, resnet19 for CIFAR, "
-                        "vggsnn for DVS)")
+                        "vggsnn for DVS, mra_snn for bearing signals)")
     p.add_argument("--width", type=float, default=d(1.0), help="channel multiplier (1.0 = the paper's model)")
     p.add_argument("--neuron", dest="neuron_type", choices=("lif", "ilif"), default=d("lif"),
                    help="lif: the TKS authors' binary LIF (tau 2, threshold 0.5, hard reset); ilif: integer spike "

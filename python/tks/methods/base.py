@@ -116,7 +116,8 @@ class Method:
 
         return build_model(
             config["model"], num_classes=config["num_classes"], in_channels=config["in_channels"],
-            image_size=config["image_size"], width=config["width"], neuron=NeuronConfig(**config["neuron"]),
+            image_size=config["image_size"], signal_length=config.get("signal_length"),  # None: images (old runs too)
+            width=config["width"], neuron=NeuronConfig(**config["neuron"]),
         )
 
     @classmethod

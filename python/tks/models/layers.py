@@ -101,12 +101,16 @@ class PerStep(nn.Module):
         return y.view(t, b, *y.shape[1:])
 
 
-def conv_bn(c_in: int, c_out: int, stride: int = 1, kernel: int = 3, bn_weight: float = 1.0) -> nn.Sequential:
+def conv_bn(c_in: int, c_out: int, stride: int = 1, kernel: int = 3, bn_weight: float = 1.0,
+            dims: int = 2) -> nn.Sequential:
     """3x3 (or ``kernel``) conv without bias, then BatchNorm with its weight initialised to ``bn_weight``
-    (tdBN: alpha * V_threshold)."""
-    bn = nn.BatchNorm2d(c_out)
+    (tdBN: alpha * V_threshold). ``dims=1``: ``Conv1d`` + ``BatchNorm1d`` for signals ``[N, C, L]``."""
+    if dims not in (1, 2):
+        raise ValueError(f"dims={dims!r} must be 1 (signals, Conv1d) or 2 (images, Conv2d)")
+    conv, norm = (nn.Conv1d, nn.BatchNorm1d) if dims == 1 else (nn.Conv2d, nn.BatchNorm2d)
+    bn = norm(c_out)
     nn.init.constant_(bn.weight, bn_weight)
-    return nn.Sequential(nn.Conv2d(c_in, c_out, kernel, stride, kernel // 2, bias=False), bn)
+    return nn.Sequential(conv(c_in, c_out, kernel, stride, kernel // 2, bias=False), bn)
 
 
 def check_steps(T) -> int:
