@@ -50,7 +50,8 @@ case "$phase" in
     tests-models)
         # test_data.py needs tonic and test_bench.py the bench's CPU smoke runs: not GPU checks
         run_tests tests-models tests/test_neuron.py tests/test_replace.py tests/test_loss_modules.py \
-            tests/test_models.py tests/test_train.py tests/test_eval.py
+            tests/test_models.py tests/test_train.py tests/test_eval.py tests/test_bearing_models.py \
+            tests/test_energy.py tests/test_bearing_eval.py
         ;;
     bench-loss)
         SCRIPTS="bench_tks_loss bench_train_step" bash bench/run_all.sh "$out" --note "${NOTE:-gpu_check.sh}"

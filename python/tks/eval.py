@@ -101,14 +101,19 @@ def _fail(message: str) -> SystemExit:
 def evaluate_run(run: str, *, T_max: Optional[int] = None, batch_size: int = 256, data_dir: Optional[str] = None,
                  device: str | torch.device = "cpu", num_workers: int = 0) -> dict:
     """Metrics of one run: ``{"label", "T", "timesteps": [(T', top1, aurc)], "steps": [(t, top1)]}``."""
-    run_dir, ckpt, config = _checkpoint(run)
+    run_dir, ckpt_file = runs.find_run(run)
+    ckpt = runs.load_checkpoint(ckpt_file or runs.checkpoint_path(run_dir))
+    config = ckpt["config"]
     T = int(config["T"])
     T_max_given = T_max
     T_max = T if T_max is None else int(T_max)
     if not 1 <= T_max <= T:
         raise EvalOptionError(f"--T-max {T_max}: {run_dir} was trained with T={T}; test T' in 1..{T} (the input has "
                          f"{T} steps), so pass --T-max between 1 and {T}")
-    model, test_set = _model_and_test_set(ckpt, config, data_dir, device)
+    _, test_set, _ = build_datasets(config["dataset"], T=T, data_dir=data_dir or config["data_dir"], augment=False)
+    model = runs.model_from_config(config)
+    model.load_state_dict(ckpt["model"])
+    model.to(device).eval()
     loader = DataLoader(test_set, batch_size=batch_size, shuffle=False, num_workers=num_workers)
     about = {"run": run_dir, "label": _label(run_dir, _method(config)), "loss": _method(config), "T": T,
              "epoch": ckpt["epoch"], "n": len(test_set)}
@@ -137,7 +142,8 @@ def evaluate_run(run: str, *, T_max: Optional[int] = None, batch_size: int = 256
 
 
 def _checkpoint(run: str) -> tuple[str, dict, dict]:
-    """``(run_dir, checkpoint, config)`` of a run folder (or its checkpoint file)."""
+    """``(run_dir, checkpoint, config)`` of a run folder (or its checkpoint file), for the added
+    evaluations (``evaluate_run`` reads its own)."""
     run_dir, ckpt_file = runs.find_run(run)
     ckpt = runs.load_checkpoint(ckpt_file or runs.checkpoint_path(run_dir))
     return run_dir, ckpt, ckpt["config"]
