@@ -111,14 +111,14 @@ class ResidualNet1d(SpikingModel):
     min_length = STEM_STRIDE * 4  # the stem and two stride-2 blocks leave at least one sample
 
     def __init__(self, num_classes: int, in_channels: int, signal_length: int, width: float,
-                 make_neuron: NeuronFactory, attention: bool):
+                 make_neuron: NeuronFactory, attention: bool, make_encoder_neuron: Optional[NeuronFactory] = None):
         super().__init__()
         if signal_length is None or signal_length < self.min_length:
             raise ValueError(f"{type(self).__name__} takes 1-D signals of length >= {self.min_length} (a stride-"
                              f"{STEM_STRIDE} encoder and two stride-2 blocks), got signal_length={signal_length}")
         self.stem = MultiScaleEncoder(in_channels, channels(width, BRANCH_CHANNELS), KERNELS, STEM_STRIDE, attention)
         c = self.stem.out_channels
-        stages: list[nn.Module] = [nn.Sequential(make_neuron(c))]
+        stages: list[nn.Module] = [nn.Sequential((make_encoder_neuron or make_neuron)(c))]
         stage_channels = [c]
         for c_plan, stride in zip(BLOCK_CHANNELS, BLOCK_STRIDES):
             c_out = channels(width, c_plan)
@@ -138,9 +138,8 @@ class MRASNN(ResidualNet1d):
                  neuron: NeuronConfig = NeuronConfig()):
         # the encoder's ECA then its LIF: the attention neuron of the encoding, with the attention
         # computed once per static window in the stem (identical at every step for direct encoding)
-        super().__init__(num_classes, in_channels, signal_length, width,
-                         lambda c: AttentionLIF(neuron, c), attention=True)
-        self.stages[0][0] = MultiStepLIF(neuron)
+        super().__init__(num_classes, in_channels, signal_length, width, lambda c: AttentionLIF(neuron, c),
+                         attention=True, make_encoder_neuron=lambda c: MultiStepLIF(neuron))
 
 
 class SNN1d(ResidualNet1d):
