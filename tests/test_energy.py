@@ -111,3 +111,23 @@ def test_1d_models_snn_steps_and_cnn_once():
             assert by_name["classifier.module"].macs > 0  # the pooled spike counts are real values
         attention = [o for o in ops if o.kind == "ChannelAttention"]
         assert len(attention) == (10 if name == "mra_snn" else 0)  # the encoder's + 9 attention neurons'
+
+
+@pytest.mark.parametrize("name,size,width", [("convsnn", 8, 0.5), ("sew_resnet19", 16, 0.0625)])
+def test_image_models_stem_real_then_spikes(name, size, width):
+    """Every model is counted the same way: the stem reads the image once (MACs); a convolution
+    reading spikes (SEW: spike counts) costs accumulates at each step, one reading an average
+    pool of spikes (ConvSNN's third conv) MACs."""
+    torch.manual_seed(0)
+    model = build_model(name, num_classes=10, in_channels=3, image_size=size, width=width).train()
+    ops = energy.count_operations(model, lambda: model(torch.rand(4, 3, size, size), T=2), batch_size=4)
+    stem, *rest = ops
+    assert stem.name == "stem.0" and not stem.fed_by_spikes and stem.steps == 1 and stem.macs > 0
+    convs = [o for o in rest if o.kind == "Conv2d"]
+    assert convs and all(o.steps == 2 for o in convs)
+    pooled = {"stages.2.0.module.0"} if name == "convsnn" else set()  # after stage 1's 2x2 average pool
+    for o in convs:
+        if o.name in pooled:
+            assert not o.fed_by_spikes and o.macs == o.dense_ops and o.acs == 0, o
+        else:
+            assert o.fed_by_spikes and o.acs > 0 and o.macs == 0, o
