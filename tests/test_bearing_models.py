@@ -241,7 +241,7 @@ def test_methods_train_the_1d_models(name, method):
     unreached = [n for n, p in net.named_parameters() if p.grad is None]
     assert not unreached, f"{method} on {name}: parameters without gradient: {unreached}"
     if method == "tssd":  # the default weak stage is the first block's output
-        assert hparams["weak_stage"] == 2 and net.extras["weak"].fc.in_features == model.stage_channels[1]
+        assert m.hparams["weak_stage"] == 2 and net.extras["weak"].fc.in_features == model.stage_channels[1]
 
 
 def test_lif_kernel_sees_1d_layout():
