@@ -6,7 +6,6 @@ from typing import Optional
 
 import torch
 
-from .. import _ext
 from .._backends import resolve_backend
 from .._checks import check_int, check_real
 from .baselines import mean_ce, tet_loss
@@ -19,7 +18,10 @@ __all__ = ["tks_loss", "tks_loss_reference", "tks_lambda", "TKSLossParts", "tet_
 def _extension_reason(kind: str, x: torch.Tensor) -> Optional[str]:
     if kind == "cuda":
         return "there is no CUDA kernel for tks_loss; use backend='triton' on CUDA tensors"
-    # loads tks_kernels._C and registers the ops' Python parts (tks_loss/cpp.py) once
+    # loads tks_kernels._C and registers the ops' Python parts (tks_loss/cpp.py) once; imported here,
+    # not at the top: _ext imports torch's compile machinery, which `import tks_kernels` must not
+    from .. import _ext
+
     return _ext.unavailable_reason("cpp", x, "tks_loss", arg="logits")
 
 

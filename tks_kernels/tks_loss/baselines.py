@@ -13,16 +13,14 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .._checks import check_choice, check_real
-from .config import REDUCTIONS, parse_tks_loss_args
+from .._checks import check_real, check_reduction
+from .config import parse_tks_loss_args
 
 
 def _check(logits, target, reduction) -> torch.Tensor:
     # the same tensor checks as tks_loss (the defaults of its other arguments are valid)
     _, target = parse_tks_loss_args(logits, target, 0.0, 1.0, "sum", False, "mean", False, allow_float64=True)
-    if not isinstance(reduction, str):
-        raise TypeError(f"reduction must be a str, one of {REDUCTIONS}, got {reduction!r}")
-    check_choice("reduction", reduction, REDUCTIONS)
+    check_reduction(reduction)
     return target
 
 
