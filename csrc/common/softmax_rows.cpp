@@ -59,15 +59,17 @@ TKS_ROWS_HOT std::pair<float, float> weighted_exp_sums(const float* v, float shi
   for (; c + kLanes <= C; c += kLanes) {
     for (int l = 0; l < kLanes; ++l) {
       const float e = host_expf(v[c + l] - shift);
+      const float wl = w[c + l];  // loaded unconditionally and selected, so the loop vectorises
       acc_e[l] += e;
-      acc_ew[l] += e > 0.0f ? e * w[c + l] : 0.0f;
+      acc_ew[l] += e * (e > 0.0f ? wl : 0.0f);
     }
   }
   float s = sum_lanes(acc_e), sw = sum_lanes(acc_ew);
   for (; c < C; ++c) {
     const float e = host_expf(v[c] - shift);
+    const float wc = w[c];
     s += e;
-    sw += e > 0.0f ? e * w[c] : 0.0f;
+    sw += e * (e > 0.0f ? wc : 0.0f);
   }
   return {s, sw};
 }

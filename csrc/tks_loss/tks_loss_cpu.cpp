@@ -94,9 +94,10 @@ TKS_LOSS_HOT void class_terms(const float* zbar, const float* v, const float* nl
     ce_part[c] = coef_ce * host_expf((zbar[c] - zbar_max) - zbar_logsum);
     p[c] = host_expf((v[c] - u_max) - u_logsum);
   }
-  if (nll) {  // 0 where p_c = 0 (nll_c may be +inf there)
+  if (nll) {  // 0 where p_c = 0 (nll_c may be +inf there); loads outside the select: it vectorises
     for (int64_t c = 0; c < C; ++c) {
-      teacher[c] = p[c] > 0.0f ? coef_teacher * p[c] * (p_dot_n - nll[c] * inv_t) : 0.0f;
+      const float pc = p[c], dev = p_dot_n - nll[c] * inv_t;
+      teacher[c] = coef_teacher * pc * (pc > 0.0f ? dev : 0.0f);
     }
   }
 }
