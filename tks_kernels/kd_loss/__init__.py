@@ -94,6 +94,6 @@ def _dispatch(student: torch.Tensor, teacher: torch.Tensor, cfg: KDLossConfig, b
         from .triton import kd_loss_triton
 
         return kd_loss_triton(student, teacher, cfg)  # reduced with the kernels
-    from .cpp import kd_loss_cpp_per_sample
+    from .cpp import kd_loss_cpp
 
-    return reduce_kd(kd_loss_cpp_per_sample(student, teacher, cfg), cfg.reduction)
+    return kd_loss_cpp(student, teacher, cfg)  # reduced with the kernels

@@ -12,8 +12,14 @@ from __future__ import annotations
 
 import torch
 
+from .. import _ext
 from .._backends import double_backward_error, refuse_create_graph
 from .config import TKSLossConfig
+
+
+# Imported on its own (not through _ext), the schemas must exist first: load the extension, or
+# raise why it cannot load (_ext imports this module again on the way: it finds it in sys.modules).
+_ext.load("cpp")
 
 
 @torch.library.register_fake("tks::tks_loss_forward")
