@@ -6,9 +6,9 @@
 #   setup          pip-install the wheels in ./.whl (spikingjelly 2.0.0, pytest, tqdm, matplotlib and
 #                  their dependencies, fetched beforehand: bench/README.md, "GPU sessions") into
 #                  /tmp/site, and build both extensions in place for this GPU's architecture
-#   tests-kernels  tests/test_lif.py, test_lif_cpp.py, test_lif_cuda.py, test_tks_loss.py
+#   tests-kernels  tests/test_lif.py, test_lif_cpp.py, test_lif_cuda.py, test_tks_loss.py, test_kd_loss.py
 #   tests-models   the module, replacement, model, training and evaluation tests
-#   bench-loss     bench_tks_loss.py and bench_train_step.py into OUT_DIR
+#   bench-loss     bench_tks_loss.py, bench_kd_loss.py and bench_train_step.py into OUT_DIR
 #   bench-lif      bench_lif.py into OUT_DIR
 # Test phases write junit XML and the pytest log to OUT_DIR (default: $OUT, else ./gpu-check).
 set -uo pipefail
@@ -45,7 +45,8 @@ case "$phase" in
         "$PYTHON" -m tks_kernels._ext 2>&1 | tee -a "$out/build.log"
         ;;
     tests-kernels)
-        run_tests tests-kernels tests/test_lif.py tests/test_lif_cpp.py tests/test_lif_cuda.py tests/test_tks_loss.py
+        run_tests tests-kernels tests/test_lif.py tests/test_lif_cpp.py tests/test_lif_cuda.py tests/test_tks_loss.py \
+            tests/test_kd_loss.py
         ;;
     tests-models)
         # test_data.py needs tonic and test_bench.py the bench's CPU smoke runs: not GPU checks
@@ -54,7 +55,7 @@ case "$phase" in
             tests/test_energy.py tests/test_bearing_eval.py
         ;;
     bench-loss)
-        SCRIPTS="bench_tks_loss bench_train_step" bash bench/run_all.sh "$out" --note "${NOTE:-gpu_check.sh}"
+        SCRIPTS="bench_tks_loss bench_kd_loss bench_train_step" bash bench/run_all.sh "$out" --note "${NOTE:-gpu_check.sh}"
         ;;
     bench-lif)
         SCRIPTS="bench_lif" bash bench/run_all.sh "$out" --note "${NOTE:-gpu_check.sh}"

@@ -21,8 +21,9 @@ from triton.compiler import ASTSource  # noqa: E402
 from tks_kernels.lif import triton as lif_triton  # noqa: E402
 from tks_kernels.lif.surrogate import SURROGATES  # noqa: E402
 from tks_kernels.tks_loss import triton as loss_triton  # noqa: E402
+from tks_kernels.kd_loss import triton as kd_triton  # noqa: E402
 
-F32, I64 = "*fp32", "*i64"
+F32, I64, BF16 = "*fp32", "*i64", "*bf16"
 
 
 def compile_variant(name, fn, signature, constexprs, options, capability):
@@ -81,9 +82,29 @@ def loss_variants(capability):
                      ONE_BLOCK=one_block, BLOCK_T=block_t, BLOCK_C=block_c), opts, capability)
 
 
+def kd_variants(capability):
+    from tks_kernels._softmax_triton import num_warps
+
+    # C = 1000: one class block (of 1024); C = 3000: two blocks of 2048 and the saved-buffer re-read
+    for C, logits in ((1000, F32), (3000, BF16)):
+        block_c = kd_triton._block_c(C, None)
+        opts = dict(num_warps=num_warps(block_c), **kd_triton.COMPILE_OPTIONS)
+        fwd_sig = dict(student_ptr=logits, teacher_ptr=logits, loss_ptr=F32, saved_ptr=F32, TS="i32", TT="i32",
+                       C="i32", s_stride_t="i64", s_stride_b="i64", t_stride_t="i64", t_stride_b="i64",
+                       tau="fp32", tau_sq="fp32")
+        yield compile_variant(f"kd_loss_forward C={C} {logits}", kd_triton._kd_loss_forward_kernel, fwd_sig,
+                              dict(ONE_BLOCK=C <= block_c, BLOCK_C=block_c), opts, capability)
+        bwd_sig = dict(saved_ptr=F32, grad_ptr=F32, grad_s_ptr=logits, grad_t_ptr=logits, TS="i32", TT="i32",
+                       C="i32", grad_stride_t="i64", stride_grad="i64", grad_div="fp32", tau="fp32")
+        for teacher_grad in (False, True):
+            yield compile_variant(f"kd_loss_backward C={C} {logits} teacher_grad={teacher_grad}",
+                                  kd_triton._kd_loss_backward_kernel, bwd_sig,
+                                  dict(STUDENT_GRAD=True, TEACHER_GRAD=teacher_grad, BLOCK_C=block_c), opts, capability)
+
+
 def main():
     capability = int(sys.argv[1]) if len(sys.argv) > 1 else 90
-    for variant in (*lif_variants(capability), *loss_variants(capability)):
+    for variant in (*lif_variants(capability), *loss_variants(capability), *kd_variants(capability)):
         print(json.dumps(variant), flush=True)
 
 

@@ -22,9 +22,9 @@ CUDA = torch.cuda.is_available()
 
 def cpp_ready():
     """The C++ backend must be built for these tests; fail (never skip) when it is not."""
-    from tks_kernels.tks_loss.cpp import _load
+    from tks_kernels import _ext
 
-    reason = _load()
+    reason = _ext.unavailable_reason("cpp", torch.empty(0), "tks_loss", arg="logits")
     if reason:
         pytest.fail(f"the cpp backend cannot run: {reason}")
 
@@ -557,15 +557,299 @@ def test_triton_op_registration(device, reduction, return_parts):
 
 
 @pytest.mark.parametrize("backend", ["triton", "cpp"])
-def test_double_backward_raises(device, backend):
+def test_double_backward_raises_in_the_first_backward(device, backend):
+    """create_graph=True through a fused backend raises in that backward, naming the op, the
+    backend and the fix, before any gradient is returned: a gradient penalty added to another
+    term (whose second derivative came out silently 0 with triton) cannot run on a wrong value.
+    A plain backward is unaffected."""
     if backend == "cpp":
         cpp_ready()
         device = "cpu"
     z, y = make_logits(2, 3, 4, "some", device=device)
-    z.requires_grad_()
-    (grad,) = torch.autograd.grad(tks_loss(z, y, lam=0.5, backend=backend), z, create_graph=True)
-    with pytest.raises(RuntimeError):
-        grad.sum().backward()
+    w = torch.ones_like(z, requires_grad=True)
+    with pytest.raises(RuntimeError, match=f"tks_loss\\(backend='{backend}'\\) does not support double backward"
+                                           ".*use backend='torch'"):
+        torch.autograd.grad(tks_loss(z * w, y, lam=0.5, backend=backend), w, create_graph=True)
+    (grad,) = torch.autograd.grad(tks_loss(z * w, y, lam=0.5, backend=backend), w)
+    (grad_ref,) = torch.autograd.grad(tks_loss(z * w, y, lam=0.5, backend="torch"), w)
+    assert_rel_close(grad, grad_ref, TOL, "first-order gradient")
+
+
+def hvp_matches_finite_differences(fn, x: torch.Tensor, what: str, seed: int = 0) -> None:
+    """The Hessian-vector product of scalar ``fn`` at fp64 ``x`` by double backward equals central
+    finite differences of its gradient (a cheap second-order check in one random direction)."""
+    v = torch.randn(x.shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    x = x.detach().requires_grad_()
+    (g,) = torch.autograd.grad(fn(x), x, create_graph=True)
+    (hv,) = torch.autograd.grad((g * v).sum(), x)
+
+    def grad_at(point):
+        point = point.detach().requires_grad_()
+        return torch.autograd.grad(fn(point), point)[0]
+
+    eps = 1e-5
+    fd = (grad_at(x + eps * v) - grad_at(x - eps * v)) / (2 * eps)
+    assert hv.abs().max() > 1e-3, f"{what}: the second derivative is (almost) zero"
+    assert_rel_close(hv, fd, 1e-6, f"{what}: Hessian-vector product")
+
+
+def test_reference_has_the_double_backward_the_error_points_to():
+    """backend="torch" (the fix the error names; its eager reference, here in fp64) differentiates
+    twice, correctly."""
+    z, y = make_logits(2, 3, 4, "some", seed=3)
+    for teacher in ("sum", "mean"):
+        hvp_matches_finite_differences(
+            lambda logits: tks_loss_reference(logits, y, lam=0.5, teacher=teacher), z.double(), teacher)
+
+
+_COMPILE_FIRST = """
+import sys, torch, tks_kernels
+assert "tks_kernels._ext" not in sys.modules and "tks_kernels._C" not in sys.modules, "loaded before the call"
+z = torch.randn(4, 5, 7, requires_grad=True)
+y = torch.randint(0, 7, (5,))
+f = torch.compile(lambda z, y: tks_kernels.tks_loss(z, y, lam=0.3, backend="cpp"), backend="aot_eager", fullgraph=True)
+loss = f(z, y)
+loss.backward()
+z2 = z.detach().clone().requires_grad_()
+ref = tks_kernels.tks_loss(z2, y, lam=0.3, backend="torch")
+ref.backward()
+assert torch.allclose(loss, ref, rtol=1e-5) and torch.allclose(z.grad, z2.grad, rtol=1e-5, atol=1e-7)
+print("ok")
+"""
+
+
+def test_cpp_compiled_as_the_first_call_of_the_process():
+    """torch.compile(fullgraph=True) of tks_loss(backend='cpp') as the very first call of a fresh
+    process: the extension loads and the ops' Python parts register outside the traced code
+    (they used to register while dynamo traced: "Attempted to call function marked as skipped")."""
+    cpp_ready()
+    run_fresh_python(_COMPILE_FIRST)
+
+
+def run_fresh_python(code: str) -> None:
+    import os
+    import subprocess
+    import sys
+
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([repo, os.path.join(repo, "python"),
+                                                       os.environ.get("PYTHONPATH", "")]))
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0 and proc.stdout.strip().endswith("ok"), proc.stderr[-3000:]
+
+
+# ---------------------------------------------------------------------------------------------
+# Masked classes (-inf logits)
+
+NEG_INF = float("-inf")
+MASK_BACKENDS = ["torch", "triton", "triton-multi-block", "cpp"]
+
+
+def backend_and_device(backend, device):
+    """(backend, device, block_c) for a MASK_BACKENDS entry: cpp runs on the CPU, the multi-block
+    Triton case with 16-class blocks."""
+    if backend == "cpp":
+        cpp_ready()
+        return "cpp", "cpu", None
+    if backend == "triton-multi-block":
+        return "triton", device, 16
+    return backend, device, None
+
+
+def class_mask(B, C, y, seed, first_block=False):
+    """[B, C] bool: about a third of each sample's classes masked, never its label; with
+    ``first_block`` the first 16 classes too (a whole Triton class block of -inf)."""
+    g = torch.Generator().manual_seed(seed)
+    mask = torch.rand(B, C, generator=g) < 0.35
+    if first_block:
+        mask[:, :16] = True
+    mask[torch.arange(B), y.cpu()] = False
+    return mask
+
+
+def weights(B, seed=5):
+    return torch.randn(3, B, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+
+
+def per_sample_run(backend, z, y, w, block_c=None, **kw):
+    """(loss, ce, kd) per sample and the gradient of Σ_b w0 loss + w1 ce + w2 kd."""
+    z = z.detach().requires_grad_()
+    if backend == "reference":
+        loss, parts = tks_loss_reference(z, y, return_parts=True, reduction="none", **kw)
+    elif block_c is not None:
+        from tks_kernels.tks_loss.config import reduce_outputs
+        from tks_kernels.tks_loss.triton import TKSLossTritonFunction
+
+        cfg, yy = parse_tks_loss_args(z, y, kw["lam"], kw.get("temperature", 3.0), kw.get("teacher", "sum"),
+                                      kw.get("detach_teacher", False), "none", True)
+        loss, parts = reduce_outputs(*TKSLossTritonFunction.apply(z, yy, cfg, block_c), z.shape[0], cfg, True)
+    else:
+        loss, parts = tks_loss(z, y, return_parts=True, reduction="none", backend=backend, **kw)
+    w = w.to(z.device)
+    total = (loss.double() * w[0]).sum() + (parts.ce.double() * w[1]).sum() + (parts.kd.double() * w[2]).sum()
+    (grad,) = torch.autograd.grad(total, z)
+    return loss.detach(), parts.ce.detach(), parts.kd.detach(), grad
+
+
+def reduced_class_oracle(z, y, mask, w, **kw):
+    """What a loss must give when sample b's masked classes (the same at every step) are -inf:
+    the fp64 reference run on sample b alone with those classes removed, and gradient 0 on them."""
+    T, B, C = z.shape
+    outs, grad = [], torch.zeros(T, B, C, dtype=torch.float64)
+    for b in range(B):
+        keep = (~mask[b]).nonzero()[:, 0]
+        yb = (keep == y[b].item()).nonzero()[:, 0]
+        loss, ce, kd, gb = per_sample_run("reference", z[:, b:b + 1, keep].double().cpu(), yb, w[:, b:b + 1], **kw)
+        outs.append((loss, ce, kd))
+        grad[:, b, keep] = gb[:, 0]
+    loss, ce, kd = (torch.cat([o[i] for o in outs]) for i in range(3))
+    return loss, ce, kd, grad
+
+
+MASKED_CASES = [  # T, B, C, lam, teacher, detach, scenario
+    (4, 6, 23, 0.0, "sum", False, "some"),
+    (3, 5, 37, 0.5, "mean", False, "none"),  # no selected step: uniform over the unmasked classes
+    (1, 4, 40, 1.0, "sum", True, "all"),
+    (5, 3, 33, 0.7, "mean", False, "ties"),
+]
+
+
+@pytest.mark.parametrize("case", MASKED_CASES, ids=[f"T{c[0]}-C{c[2]}-lam{c[3]}-{c[4]}-det{int(c[5])}-{c[6]}"
+                                                    for c in MASKED_CASES])
+@pytest.mark.parametrize("backend", MASK_BACKENDS)
+def test_masked_classes_are_removed_classes(device, backend, case):
+    """-inf logits (the same classes at every step) give exactly the loss of the problem without
+    those classes, per sample, at lam = 0 and lam > 0 (it was NaN even at lam = 0), and zero
+    gradient on them; the first 16 classes masked: a Triton class block that is all -inf."""
+    T, B, C, lam, teacher, detach, scenario = case
+    backend, device, block_c = backend_and_device(backend, device)
+    z, y = make_logits(T, B, C, scenario, seed=C)
+    mask = class_mask(B, C, y, seed=T, first_block=block_c is not None)
+    kw = dict(lam=lam, temperature=2.0, teacher=teacher, detach_teacher=detach)
+    w = weights(B)
+    expected = reduced_class_oracle(z, y, mask, w, **kw)
+    zm = z.masked_fill(mask[None], NEG_INF).to(device)
+    loss, ce, kd, grad = per_sample_run(backend, zm, y.to(device), w, block_c=block_c, **kw)
+    for what, got, want in zip(("loss", "ce", "kd", "grad"), (loss, ce, kd, grad), expected):
+        assert_rel_close(got.cpu(), want, TOL, what)
+    assert_equal(grad.cpu()[mask[None].expand(T, B, C)], torch.zeros(int(mask.sum()) * T), "masked gradient")
+
+
+@pytest.mark.parametrize("backend", MASK_BACKENDS)
+def test_masked_classes_varying_over_steps(device, backend):
+    """A class masked at some steps only: its mean logit is -inf, so it gets teacher probability 0
+    (kd stays finite) and every -inf entry gets gradient 0; the fused kernels match the reference,
+    which matches kd written out by hand for one case."""
+    backend, device, block_c = backend_and_device(backend, device)
+    T, B, C = 4, 5, 40
+    z, y = make_logits(T, B, C, "some", seed=8)
+    g = torch.Generator().manual_seed(9)
+    mask = torch.rand(T, B, C, generator=g) < 0.2
+    mask[:, :, :16] |= block_c is not None
+    mask[:, torch.arange(B), y] = False
+    zm = z.masked_fill(mask, NEG_INF)
+    w = weights(B)
+    for lam, teacher, detach in ((0.0, "sum", False), (0.6, "mean", False), (1.0, "sum", True)):
+        kw = dict(lam=lam, temperature=3.0, teacher=teacher, detach_teacher=detach)
+        expected = per_sample_run("reference", zm.double(), y, w, **kw)
+        got = per_sample_run(backend, zm.to(device), y.to(device), w, block_c=block_c, **kw)
+        for what, a, b in zip(("loss", "ce", "kd", "grad"), got, expected):
+            assert_rel_close(a.cpu(), b, TOL, f"{what} (lam={lam}, {teacher})")
+        assert_equal(got[3].cpu()[mask], torch.zeros(int(mask.sum()), dtype=z.dtype), "gradient of -inf entries")
+    # the rule by hand for sample 0: p = softmax(teacher / τ) over the classes finite at every step
+    zd = zm.double()
+    sel = zd[:, 0].argmax(-1) == y[0]
+    unmasked = ~mask[:, 0].any(0)
+    p = torch.zeros(C, dtype=torch.float64)
+    p[unmasked] = torch.softmax(zd[sel, 0][:, unmasked].sum(0) / 3.0, -1)
+    logq = torch.log_softmax(zd[:, 0], -1)
+    kd0 = -(p * torch.where(p > 0, logq, 0.0)).sum(-1).sum() * 9.0 / T
+    assert sel.any() and mask[:, 0].any(0).any() and not mask[:, 0].all(0).all()
+    _, parts = tks_loss_reference(zd, y, lam=0.5, temperature=3.0, return_parts=True, reduction="none")
+    assert_rel_close(parts.kd[0], kd0, 1e-12, "kd of sample 0 by hand")
+
+
+@pytest.mark.parametrize("backend", ["torch", "triton", "cpp"])
+def test_masked_lam0_is_mean_ce_and_masked_label_is_infinite_ce(device, backend):
+    """lam = 0 is mean_ce (finite) with masked classes; the label's class masked at one step gives
+    ce = +inf (as F.cross_entropy), a loss of +inf for lam < 1 and exactly kd at lam = 1 (0 · inf
+    is left out), with F.cross_entropy's finite gradient."""
+    backend, device, _ = backend_and_device(backend, device)
+    T, B, C = 3, 4, 12
+    z, y = make_logits(T, B, C, "some", seed=13)
+    zm = z.masked_fill(class_mask(B, C, y, seed=1)[None], NEG_INF)
+    zm, y = zm.to(device), y.to(device)
+    loss0 = tks_loss(zm, y, lam=0.0, reduction="none", backend=backend)
+    mce = mean_ce(zm, y, reduction="none")
+    assert torch.isfinite(mce).all()
+    if backend == "torch":
+        assert_equal(loss0, mce, "lam=0 is mean_ce")
+    assert_rel_close(loss0, mce, TOL, "lam=0 is mean_ce")
+    zl = zm.clone()
+    zl[1, 0, y[0]] = NEG_INF  # sample 0's label masked at step 1
+    w = weights(B)
+    for lam in (0.0, 0.4, 1.0):
+        loss, ce, kd, grad = per_sample_run(backend, zl, y, w, lam=lam)
+        _, _, _, grad_ref = per_sample_run("reference", zl.double().cpu(), y.cpu(), w, lam=lam)
+        assert ce[0].item() == float("inf") and torch.isfinite(kd).all() and torch.isfinite(ce[1:]).all()
+        assert loss[0].item() == (kd[0].item() if lam == 1.0 else float("inf")), (lam, loss[0])
+        assert torch.isfinite(grad).all()
+        assert_rel_close(grad.cpu(), grad_ref, TOL, f"gradient with a masked label (lam={lam})")
+
+
+@pytest.mark.filterwarnings("ignore:.*encountered in:RuntimeWarning")  # the interpreter's numpy on NaN input
+@pytest.mark.parametrize("backend", ["torch", "triton", "cpp"])
+def test_undefined_samples_are_nan_and_alone(device, backend):
+    """What the docstring says comes out of a sample without a defined loss (a step whose logits
+    are all -inf, a +inf logit, a NaN logit): NaN loss, parts and gradient for that sample; the
+    other samples are exact."""
+    backend, device, _ = backend_and_device(backend, device)
+    z, y = make_logits(3, 4, 6, "some", seed=21)
+    z[1, 1] = NEG_INF
+    z[0, 2, 3] = float("inf")
+    z[2, 3, 1] = float("nan")
+    for lam in (0.0, 0.5, 1.0):
+        kw = dict(lam=lam, temperature=2.0, teacher="mean")
+        w = weights(4)
+        got = per_sample_run(backend, z.to(device), y.to(device), w, **kw)
+        ok = per_sample_run("reference", z[:, :1].double(), y[:1], w[:, :1], **kw)
+        for what, a, b in zip(("loss", "ce", "kd", "grad"), got, ok):
+            assert_rel_close(a[..., :1, :] if what == "grad" else a[:1], b.to(device), TOL, what)
+            bad = a[:, 1:] if what == "grad" else a[1:]
+            assert bad.isnan().reshape(bad.shape[0], -1).any(0).all() if what == "grad" else bad.isnan().all(), \
+                (what, lam, bad)
+
+
+def test_mean_ce_label_smoothing_and_tet_with_masked_classes():
+    """Label smoothing spreads its mass over the unmasked classes only, and TET's MSE leaves the
+    masked entries out of its mean: both equal the loss of each sample alone without its masked
+    classes (torch's label_smoothing and an MSE over every entry give +inf), zero gradient on them."""
+    T, B, C = 4, 5, 12
+    z, y = make_logits(T, B, C, "random", seed=4)
+    z = z.double()
+    mask = class_mask(B, C, y, seed=2)
+    zm = z.masked_fill(mask[None], NEG_INF).requires_grad_()
+    for name, loss_fn in (("label smoothing", lambda v, t: mean_ce(v, t, label_smoothing=0.1, reduction="none")),
+                          ("TET", lambda v, t: tet_loss(v, t, lam=0.2, phi=0.5, reduction="none"))):
+        got = loss_fn(zm, y)
+        (grad,) = torch.autograd.grad(got.sum(), zm)
+        want, want_grad = [], torch.zeros_like(z)
+        for b in range(B):
+            keep = (~mask[b]).nonzero()[:, 0]
+            zb = z[:, b:b + 1, keep].clone().requires_grad_()
+            lb = loss_fn(zb, (keep == y[b]).nonzero()[:, 0])
+            want.append(lb.detach())
+            want_grad[:, b, keep] = torch.autograd.grad(lb.sum(), zb)[0][:, 0]
+        assert_rel_close(got, torch.cat(want), 1e-12, name)
+        assert_rel_close(grad, want_grad, 1e-12, f"{name} gradient")
+        assert_equal(grad[mask[None].expand(T, B, C)], torch.zeros(int(mask.sum()) * T, dtype=z.dtype),
+                     f"{name}: masked gradient")
+    # lam = 1 / smoothing = 1 with a masked label: the +inf term has weight 0 and is left out
+    zl = zm.detach().clone()
+    zl[0, 0, y[0]] = NEG_INF
+    assert torch.isfinite(tet_loss(zl, y, lam=1.0, reduction="none")).all()
+    assert torch.isfinite(mean_ce(zl, y, label_smoothing=1.0, reduction="none")).all()
+    assert mean_ce(zl, y, reduction="none")[0].item() == float("inf")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -58,3 +58,22 @@ def resolve_backend(backend: str, x: torch.Tensor, op: str, extension_reason, ar
     if x.device.type == "cpu" and extension_reason("cpp", x) is None:
         return "cpp"
     return "torch"
+
+
+def double_backward_error(op: str, backend: str) -> RuntimeError:
+    """The error of a fused backend's backward asked for a graph of itself (higher-order gradients)."""
+    return RuntimeError(
+        f"{op}(backend={backend!r}) does not support double backward (torch.autograd.grad(..., create_graph=True) "
+        f"through it, e.g. a gradient penalty or a Hessian-vector product): its backward is a fused kernel that is "
+        f"not itself differentiable, so second-order terms would be silently missing; use backend='torch' (the "
+        f"eager reference, differentiable to any order) for that computation"
+    )
+
+
+def refuse_create_graph(op: str, backend: str) -> None:
+    """Called first in a fused backend's backward: with create_graph=True (the autograd engine runs
+    the backward with grad mode on) raise now, naming the op, the backend and the fix, rather than
+    return a first-order gradient whose own gradient would be zero or fail later with a generic
+    message. A plain backward runs with grad mode off, so this costs one flag read."""
+    if torch.is_grad_enabled():
+        raise double_backward_error(op, backend)

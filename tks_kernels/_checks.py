@@ -82,3 +82,20 @@ def check_choice(name: str, value: Any, choices) -> str:
     if value not in choices:
         raise ValueError(f"{name}={value!r} is not supported; choose one of {', '.join(map(repr, choices))}")
     return value
+
+
+# Shared by the loss ops (tks_loss, kd_loss).
+REDUCTIONS = ("mean", "sum", "none")
+LOSS_BACKENDS = ("auto", "triton", "cuda", "cpp", "torch")
+
+
+def check_reduction(reduction: Any) -> str:
+    if not isinstance(reduction, str):
+        raise TypeError(f"reduction must be a str, one of {REDUCTIONS}, got {reduction!r}")
+    return check_choice("reduction", reduction, REDUCTIONS)
+
+
+def check_loss_backend(backend: Any) -> str:
+    if not isinstance(backend, str):
+        raise TypeError(f"backend must be a str, one of {LOSS_BACKENDS}, got {backend!r}")
+    return check_choice("backend", backend, LOSS_BACKENDS)

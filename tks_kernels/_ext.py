@@ -19,9 +19,16 @@ from ._backends import INSTALL_HINT
 
 _MODULES = {"cpp": "tks_kernels._C", "cuda": "tks_kernels._C_cuda"}
 _DISPATCH_KEYS = {"cpp": "CPU", "cuda": "CUDA"}
-# Modules that register the fake implementations and autograd formulas of the C++ ops; imported
-# once, after tks_kernels._C loads (the schemas must exist first).
-_PY_REGISTRATIONS = ("tks_kernels.lif.extension",)
+# Modules that register the fake implementations and autograd formulas of the C++ ops, with the op
+# whose schemas each needs; imported once, right after tks_kernels._C loads (the schemas must exist
+# first), so never from code that torch.compile traces (registering there fails). An extension
+# built from older sources may lack an op: its module is then skipped, and that op's backend
+# reports the stale build (_op_reason) while the others work.
+_PY_REGISTRATIONS = {
+    "tks_kernels.lif.extension": "lif",
+    "tks_kernels.tks_loss.cpp": "tks_loss",
+    "tks_kernels.kd_loss.cpp": "kd_loss",
+}
 
 _load_errors: dict[str, Optional[str]] = {}
 
@@ -95,8 +102,9 @@ def load_reason(kind: str) -> Optional[str]:
         except OSError as err:  # a shared library it needs is missing
             reason = f"{_MODULES[kind]} failed to load ({err}); rebuild it with: {INSTALL_HINT}"
     if reason is None and kind == "cpp":
-        for module in _PY_REGISTRATIONS:
-            importlib.import_module(module)
+        for module, op in _PY_REGISTRATIONS.items():
+            if _has_schema(op):
+                importlib.import_module(module)
     _load_errors[kind] = reason
     return reason
 
@@ -108,6 +116,10 @@ def load(kind: str) -> None:
         raise RuntimeError(reason)
 
 
+def _has_schema(op: str) -> bool:
+    return hasattr(torch.ops.tks, f"{op}_forward")
+
+
 def _op_reason(kind: str, op: str) -> Optional[str]:
     """None when op ``tks::<op>_forward`` has a ``kind`` kernel (the convention: see csrc/README.md)."""
     reason = load_reason(kind)
@@ -115,7 +127,7 @@ def _op_reason(kind: str, op: str) -> Optional[str]:
         return reason
     qualified = f"tks::{op}_forward"
     key = _DISPATCH_KEYS[kind]
-    if not torch._C._dispatch_has_kernel_for_dispatch_key(qualified, key):
+    if not _has_schema(op) or not torch._C._dispatch_has_kernel_for_dispatch_key(qualified, key):
         return f"{_MODULES[kind]} has no {key} kernel for {qualified}: it was built from older sources; rebuild it with: {INSTALL_HINT}"
     return None
 

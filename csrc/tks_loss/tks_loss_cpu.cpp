@@ -11,10 +11,17 @@
 //            - g_kd tau w m_t p_c (zbar_c - p.zbar)          (unless the teacher is detached)
 // with zbar_c - p.zbar = p.N - N_c, N_c = mean_t (lse(z_t) - z_{t,c}) >= 0 (well conditioned).
 //
+// -inf logits (masked classes), as tks_kernels/tks_loss/__init__.py documents: a class whose mean
+// zbar_c is -inf (-inf at some step) gets teacher probability 0 (u_c / tau is replaced by -inf),
+// every product p_c * (...) with p_c = 0 is 0 (0 log 0 = 0: N_c is +inf there), the teacher sums
+// the selected steps with a select, not m_t * z (0 * -inf = NaN), and a term whose weight lam or
+// 1 - lam is 0 is left out of the loss (ce is +inf when the label's class is masked).
+//
 // Speed: elements are read as float and all per-class work is fp32 in loops that stream over the
 // class dim (contiguous) with kLanes independent partial sums, so GCC vectorises them; exp is a
-// branch-free polynomial (exp_approx) that vectorises too, where std::exp would stay scalar.
-// The hot loops are compiled twice (AVX2 and baseline x86-64, picked at load time through
+// branch-free polynomial (host_expf) that vectorises too, where std::exp would stay scalar. The
+// row statistics (max, log-sum-exp, softmax expectations) are csrc/common/softmax_rows.h, shared
+// with the KD loss. The hot loops are compiled twice (AVX2 and baseline x86-64, picked at load time through
 // target_clones). Every sum over classes has non-negative terms (exp, lse(z_t) - z_{t,c}), so fp32
 // partial sums lose nothing that matters (relative error ~ C * 2^-24 worst case, ~1e-7 typical).
 #include <ATen/ATen.h>
@@ -23,6 +30,7 @@
 #include <torch/library.h>
 
 #include "common/host_expf.h"
+#include "common/softmax_rows.h"
 
 #include <algorithm>
 #include <cmath>
@@ -45,45 +53,6 @@ namespace tks {
 namespace {
 
 constexpr int64_t kNumStats = 8;  // zbar_max, zbar_logsum, u_max, u_logsum, p_dot_nll, w, n_selected, unused
-constexpr int kLanes = 16;        // independent partial results per reduction: two AVX2 registers
-
-// max of x[0:C] (NaN ignored, as `x > mx ? x : mx`).
-TKS_LOSS_HOT float row_max(const float* x, int64_t C) {
-  float acc[kLanes];
-  for (int l = 0; l < kLanes; ++l) acc[l] = -std::numeric_limits<float>::infinity();
-  int64_t c = 0;
-  for (; c + kLanes <= C; c += kLanes) {
-    for (int l = 0; l < kLanes; ++l) acc[l] = x[c + l] > acc[l] ? x[c + l] : acc[l];
-  }
-  float mx = -std::numeric_limits<float>::infinity();
-  for (int l = 0; l < kLanes; ++l) mx = acc[l] > mx ? acc[l] : mx;
-  for (; c < C; ++c) mx = x[c] > mx ? x[c] : mx;
-  return mx;
-}
-
-float sum_lanes(const float* acc) {
-  float s = 0.0f;
-  for (int l = 0; l < kLanes; ++l) s += acc[l];
-  return s;
-}
-
-// sum_c exp(x[c] - shift).
-TKS_LOSS_HOT float exp_sum(const float* x, float shift, int64_t C) {
-  float acc[kLanes] = {};
-  int64_t c = 0;
-  for (; c + kLanes <= C; c += kLanes) {
-    for (int l = 0; l < kLanes; ++l) acc[l] += host_expf(x[c + l] - shift);
-  }
-  float s = sum_lanes(acc);
-  for (; c < C; ++c) s += host_expf(x[c] - shift);
-  return s;
-}
-
-// max and log(sum exp(x - max)) of x[0:C].
-std::pair<float, float> max_logsum(const float* x, int64_t C) {
-  const float mx = row_max(x, C);
-  return {mx, std::log(exp_sum(x, mx, C))};
-}
 
 // First index of the maximum, as torch.argmax (a NaN in front wins, as the scalar scan it replaces).
 int64_t first_argmax(const float* x, float mx, int64_t C) {
@@ -106,35 +75,14 @@ TKS_LOSS_HOT void sample_sums(const float* z, int64_t ld, const float* m, const 
   for (int64_t t = 0; t < T; ++t) {
     const float* zt = z + t * ld;
     for (int64_t c = 0; c < C; ++c) zsum[c] += zt[c];
-    if (m[t] != 0.0f) {
-      const float mt = m[t];
-      for (int64_t c = 0; c < C; ++c) usum[c] += mt * zt[c];
+    if (m[t] != 0.0f) {  // a selected step (m_t is 0 or 1): summed as it is, never 0 * z (0 * -inf = NaN)
+      for (int64_t c = 0; c < C; ++c) usum[c] += zt[c];
     }
     if (nll) {
       const float mxt = mx[t], lst = ls[t];
       for (int64_t c = 0; c < C; ++c) nll[c] += (mxt - zt[c]) + lst;
     }
   }
-}
-
-// {sum_c e_c, sum_c e_c nll_c} with e_c = exp(v_c - shift).
-TKS_LOSS_HOT std::pair<float, float> weighted_exp_sums(const float* v, float shift, const float* nll, int64_t C) {
-  float acc_e[kLanes] = {}, acc_en[kLanes] = {};
-  int64_t c = 0;
-  for (; c + kLanes <= C; c += kLanes) {
-    for (int l = 0; l < kLanes; ++l) {
-      const float e = host_expf(v[c + l] - shift);
-      acc_e[l] += e;
-      acc_en[l] += e * nll[c + l];
-    }
-  }
-  float s = sum_lanes(acc_e), sn = sum_lanes(acc_en);
-  for (; c < C; ++c) {
-    const float e = host_expf(v[c] - shift);
-    s += e;
-    sn += e * nll[c];
-  }
-  return {s, sn};
 }
 
 // Backward per-class terms of one sample: p_c = softmax(v)_c, ce_part_c = coef_ce softmax(zbar)_c
@@ -146,8 +94,11 @@ TKS_LOSS_HOT void class_terms(const float* zbar, const float* v, const float* nl
     ce_part[c] = coef_ce * host_expf((zbar[c] - zbar_max) - zbar_logsum);
     p[c] = host_expf((v[c] - u_max) - u_logsum);
   }
-  if (nll) {
-    for (int64_t c = 0; c < C; ++c) teacher[c] = coef_teacher * p[c] * (p_dot_n - nll[c] * inv_t);
+  if (nll) {  // 0 where p_c = 0 (nll_c may be +inf there); loads outside the select: it vectorises
+    for (int64_t c = 0; c < C; ++c) {
+      const float pc = p[c], dev = p_dot_n - nll[c] * inv_t;
+      teacher[c] = coef_teacher * pc * (pc > 0.0f ? dev : 0.0f);
+    }
   }
 }
 
@@ -213,13 +164,22 @@ const float* sample_rows(const scalar_t* logits, int64_t b, int64_t T, int64_t C
   }
 }
 
-// zbar = zsum / T and v = u / tau = usum w / tau, in place.
+// zbar = zsum / T and v = u / tau = usum w / tau, in place; v_c = -inf where zbar_c = -inf (a
+// class masked at some step gets teacher probability 0).
 void finish_means(float* zbar, float* v, float w, float inv_tau, int64_t T, int64_t C) {
   const float inv_t = 1.0f / static_cast<float>(T);
+  constexpr float kNegInf = -std::numeric_limits<float>::infinity();
   for (int64_t c = 0; c < C; ++c) {
     zbar[c] = zbar[c] * inv_t;
-    v[c] = v[c] * w * inv_tau;
+    v[c] = zbar[c] == kNegInf ? kNegInf : v[c] * w * inv_tau;
   }
+}
+
+// (1 - lam) ce + lam kd, a term of weight 0 left out (ce may be +inf: 0 * inf would be NaN).
+double mix(double lam, double ce, double kd) {
+  if (lam == 0.0) return ce;
+  if (lam == 1.0) return kd;
+  return (1.0 - lam) * ce + lam * kd;
 }
 
 template <typename scalar_t>
@@ -265,7 +225,7 @@ void forward_kernel(const at::Tensor& logits, const at::Tensor& target, double l
       const double p_dot_nll = static_cast<double>(u_dot_nll) / static_cast<double>(u_sum);
       const double ce_b = static_cast<double>(zbar_max - zbar[y]) + zbar_logsum;
       const double kd_b = kd_scale * p_dot_nll;
-      loss_ptr[b] = static_cast<float>((1.0 - lam) * ce_b + lam * kd_b);
+      loss_ptr[b] = static_cast<float>(mix(lam, ce_b, kd_b));
       ce_ptr[b] = static_cast<float>(ce_b);
       kd_ptr[b] = static_cast<float>(kd_b);
       float* st = stats_ptr + b * kNumStats;
@@ -397,7 +357,11 @@ at::Tensor tks_loss_backward_cpu(const at::Tensor& logits, const at::Tensor& tar
 
 }  // namespace
 
+// The fake (meta) implementations and the autograd formula are registered in Python, in the module
+// named here, which tks_kernels._ext imports right after loading this extension (plain Python, not
+// code that torch.compile traces: registering while dynamo traces fails).
 TORCH_LIBRARY_FRAGMENT(tks, m) {
+  m.set_python_module("tks_kernels.tks_loss.cpp");
   m.def(
       "tks_loss_forward(Tensor logits, Tensor target, float lam, float temperature, bool teacher_mean, "
       "bool detach_teacher) -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");

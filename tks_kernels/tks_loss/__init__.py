@@ -18,9 +18,11 @@ __all__ = ["tks_loss", "tks_loss_reference", "tks_lambda", "TKSLossParts", "tet_
 def _extension_reason(kind: str, x: torch.Tensor) -> Optional[str]:
     if kind == "cuda":
         return "there is no CUDA kernel for tks_loss; use backend='triton' on CUDA tensors"
-    from .cpp import cpp_unavailable_reason
+    # loads tks_kernels._C and registers the ops' Python parts (tks_loss/cpp.py) once; imported here,
+    # not at the top: _ext imports torch's compile machinery, which `import tks_kernels` must not
+    from .. import _ext
 
-    return cpp_unavailable_reason(x)
+    return _ext.unavailable_reason("cpp", x, "tks_loss", arg="logits")
 
 
 def tks_loss(
@@ -50,6 +52,19 @@ def tks_loss(
 
     Gradients flow through the teacher (as in the authors' code) unless ``detach_teacher``;
     never through the mask. Arithmetic is fp32 whatever the logits' dtype.
+
+    Masked classes (``-inf`` logits), in every backend, with F.cross_entropy's conventions: a
+    masked class has probability 0 and gets gradient 0, and 0 · log 0 = 0 in the soft
+    cross-entropy. A class whose mean logit z̄_c is -inf (it is -inf at some step) also gets
+    teacher probability 0, so the uniform teacher of a sample with no selected step is uniform
+    over the unmasked classes, and kd is finite; with the same classes masked at every step
+    (the usual case) the teacher of selected steps is the authors' unchanged. The label's own
+    class masked at some step makes ce = +inf (as F.cross_entropy; its gradient stays
+    F.cross_entropy's finite softmax − one-hot); a term whose weight (``lam`` or ``1 − lam``) is
+    0 is left out, so ``lam=0`` is exactly :func:`mean_ce` and ``lam=1`` the kd term. A sample
+    whose mean logits have no finite class (e.g. a step whose logits are all -inf), or with a
+    +inf or NaN logit, has no defined loss: its loss, parts and gradient are NaN (not checked:
+    that would cost a device sync), and the other samples are unaffected (per sample).
 
     Args:
         logits: ``[T, B, C]`` float32/float16/bfloat16, the output of every time step

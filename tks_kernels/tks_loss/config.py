@@ -6,11 +6,13 @@ from typing import NamedTuple
 
 import torch
 
-from .._checks import check_bool, check_choice, check_float_tensor, check_real
+from .._checks import LOSS_BACKENDS, REDUCTIONS, check_bool, check_choice, check_float_tensor, check_loss_backend
+from .._checks import check_real, check_reduction
 
 TEACHERS = ("sum", "mean")
-REDUCTIONS = ("mean", "sum", "none")
-BACKENDS = ("auto", "triton", "cuda", "cpp", "torch")
+BACKENDS = LOSS_BACKENDS
+__all__ = ["TEACHERS", "REDUCTIONS", "BACKENDS", "TKSLossConfig", "TKSLossParts", "parse_tks_loss_args",
+           "check_backend", "label_range", "reduce_outputs"]
 
 
 @dataclass(frozen=True)
@@ -75,9 +77,7 @@ def parse_tks_loss_args(
     if not isinstance(teacher, str):
         raise TypeError(f"teacher must be a str, one of {TEACHERS}, got {teacher!r}")
     check_choice("teacher", teacher, TEACHERS)
-    if not isinstance(reduction, str):
-        raise TypeError(f"reduction must be a str, one of {REDUCTIONS}, got {reduction!r}")
-    check_choice("reduction", reduction, REDUCTIONS)
+    check_reduction(reduction)
     for name, flag in (("detach_teacher", detach_teacher), ("return_parts", return_parts)):
         check_bool(name, flag)
     # last: the range check syncs with the device
@@ -105,9 +105,7 @@ def label_range(target: torch.Tensor) -> tuple[int, int]:
 
 
 def check_backend(backend) -> str:
-    if not isinstance(backend, str):
-        raise TypeError(f"backend must be a str, one of {BACKENDS}, got {backend!r}")
-    return check_choice("backend", backend, BACKENDS)
+    return check_loss_backend(backend)
 
 
 class TKSLossParts(NamedTuple):

@@ -41,18 +41,37 @@ def tks_loss_reference_per_sample(
     T = z.shape[0]
     tau = cfg.temperature
     # Cross-entropy of the mean output (the SNN's prediction) with the labels.
-    ce_b = F.cross_entropy(z.mean(0), target, reduction="none")
+    zbar = z.mean(0)
+    ce_b = F.cross_entropy(zbar, target, reduction="none")
     # A step teaches when its argmax (first maximum, as torch.argmax) is the label.
-    mask = (z.argmax(-1) == target).to(z.dtype)  # [T, B]
-    teacher = (z * mask.unsqueeze(-1)).sum(0)  # [B, C]
+    selected = z.argmax(-1) == target  # [T, B]
+    mask = selected.to(z.dtype)
+    # the selected steps' sum, by a select: (z * mask) would give 0 * -inf = NaN for masked classes
+    teacher = torch.where(selected.unsqueeze(-1), z, 0.0).sum(0)  # [B, C]
     if cfg.teacher_mean:
         # no selected step: the teacher stays the zero vector (a uniform target)
         teacher = teacher / mask.sum(0).clamp_min(1.0).unsqueeze(-1)
     if cfg.detach_teacher:
         teacher = teacher.detach()
-    p = torch.softmax(teacher / tau, dim=-1)  # [B, C]
-    # Soft cross-entropy of every step (no temperature on the student) with the teacher.
-    soft_ce = -(p.unsqueeze(0) * torch.log_softmax(z, dim=-1)).sum(-1)  # [T, B]
+    # A class whose mean logit is -inf (masked at some step) gets teacher probability 0: the
+    # uniform teacher of a sample without a selected step is uniform over the unmasked classes.
+    v = torch.where(zbar == float("-inf"), float("-inf"), teacher / tau)
+    p = torch.softmax(v, dim=-1)  # [B, C]
+    # Soft cross-entropy of every step (no temperature on the student) with the teacher; 0 log 0 = 0:
+    # a class of zero teacher probability adds nothing (its log_softmax may be -inf), and the
+    # select keeps -inf out of the product, so no NaN reaches the gradient either.
+    log_q = torch.log_softmax(z, dim=-1)
+    soft_ce = -(p.unsqueeze(0) * torch.where(p.unsqueeze(0) > 0, log_q, 0.0)).sum(-1)  # [T, B]
     kd_b = soft_ce.sum(0) * (tau * tau / T)
-    loss_b = (1.0 - cfg.lam) * ce_b + cfg.lam * kd_b
+    loss_b = mix_terms(cfg.lam, ce_b, kd_b)
     return loss_b, ce_b, kd_b, mask.sum(0).detach()
+
+
+def mix_terms(lam: float, ce_b: torch.Tensor, kd_b: torch.Tensor) -> torch.Tensor:
+    """``(1 − lam) ce + lam kd`` with a term of weight 0 left out: ce is +inf when the label's class
+    is masked (-inf), and 0 · inf would make the loss NaN."""
+    if lam == 0.0:
+        return ce_b
+    if lam == 1.0:
+        return kd_b
+    return (1.0 - lam) * ce_b + lam * kd_b

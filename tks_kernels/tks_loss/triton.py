@@ -40,6 +40,15 @@ before (gradients wrong by 500% at |logits| ~ 150, where torch is within 2%):
 - exp and log from libdevice (correctly rounded to ~1 ulp, as torch's CUDA kernels) rather than
   the hardware approximations (several ulp near 1, where the difference is formed), and
   divisions rounded to nearest (``div_rn``), as the reference's ``/``.
+
+The exp / log helpers, the online log-sum-exp and softmax-expectation updates and the launch
+options are tks_kernels/_softmax_triton.py, shared with the KD loss kernels.
+
+-inf logits (masked classes; the conventions are in tks_kernels/tks_loss/__init__.py): every
+exponential of -inf is an exact 0, also in class blocks that are all -inf; the teacher sums the
+selected steps with a select (``m_t · z`` would give 0 · -inf = NaN) and gives probability 0 to
+a class whose z̄_c is -inf; every product with a zero probability is 0 (N̄_c = +inf there); and a
+term whose weight lam or 1 - lam is 0 is left out of the loss (ce is +inf for a masked label).
 """
 from __future__ import annotations
 
@@ -48,10 +57,14 @@ from typing import Optional
 import torch
 import triton
 import triton.language as tl
-from triton.language.extra import libdevice
-from torch.autograd.function import once_differentiable
 
-from .._backends import triton_interpreter_enabled
+from .._backends import refuse_create_graph, double_backward_error
+from .._softmax_triton import (
+    COMPILE_OPTIONS, exp_shift, interpreter_truncates_bf16, log_softmax_from, next_power_of_2, num_warps,
+    online_logsumexp, online_softmax_dot, rescale, times_prob,
+)
+from .._softmax_triton import exp as _exp
+from .._softmax_triton import log as _log
 from .config import TKSLossConfig
 
 # Per-sample statistics saved by the forward for the backward, columns of ``stats`` [B, 8]. The
@@ -61,32 +74,10 @@ N_STATS = len(STATS)
 # Elements of one [BLOCK_T, BLOCK_C] tile: at most 16 fp32 values per thread and tile (the
 # backward holds a few tiles of temporaries at once).
 MAX_TILE = 4096
-# No FMA contraction (see "Accuracy" above; tests/test_triton_aot.py checks the compiled PTX).
-COMPILE_OPTIONS = {"enable_fp_fusion": False}
-
-# exp / log from libdevice on the GPU; the interpreter has no libdevice, and its tl.exp / tl.log
-# are numpy's, accurate already. A constexpr, so the branch not taken is never compiled.
-_LIBDEVICE = tl.constexpr(not triton_interpreter_enabled())
-
-
-@triton.jit
-def _exp(x):
-    if _LIBDEVICE:
-        return libdevice.exp(x)
-    else:
-        return tl.exp(x)
-
-
-@triton.jit
-def _log(x):
-    if _LIBDEVICE:
-        return libdevice.log(x)
-    else:
-        return tl.log(x)
 
 
 def _num_warps(block_t: int, block_c: int) -> int:
-    return max(1, min(8, block_t * block_c // 512))
+    return num_warps(block_t * block_c)
 
 
 @triton.jit
@@ -97,7 +88,7 @@ def _pass1_update(x, cols, run_max, run_sum, run_arg):
     blk_arg = tl.min(tl.where(x == blk_max[:, None], cols[None, :], 2147483647), axis=1)
     run_arg = tl.where(blk_max > run_max, blk_arg, run_arg)  # strict: an earlier block wins a tie
     new_max = tl.maximum(run_max, blk_max)
-    run_sum = run_sum * _exp(run_max - new_max) + tl.sum(_exp(x - new_max[:, None]), axis=1)
+    run_sum = run_sum * rescale(run_max, new_max) + tl.sum(_exp(x - exp_shift(new_max)[:, None]), axis=1)
     return new_max, run_sum, run_arg
 
 
@@ -112,10 +103,12 @@ def _mean_and_teacher(x, m, T_f, teacher_div, tau):
     """z̄ and u / τ of one tile, rounded as the reference's ``mean(0)``, ``/ n`` and ``/ τ``.
 
     The forward and the backward both call this, so both see the same bits (no FMA contraction).
+    The teacher sums the selected steps with a select (0 · -inf would be NaN); a class whose z̄
+    is -inf (masked at some step) gets u / τ = -inf, teacher probability 0.
     """
     zbar = tl.math.div_rn(tl.sum(x, axis=0), T_f)
-    v = tl.math.div_rn(tl.math.div_rn(tl.sum(x * m[:, None], axis=0), teacher_div), tau)
-    return zbar, v
+    v = tl.math.div_rn(tl.math.div_rn(tl.sum(tl.where(m[:, None] > 0.0, x, 0.0), axis=0), teacher_div), tau)
+    return zbar, tl.where(zbar == float("-inf"), float("-inf"), v)
 
 
 @triton.jit
@@ -197,25 +190,23 @@ def _tks_loss_forward_kernel(
         zbar_m = tl.where(c_valid, zbar, float("-inf"))
         v_m = tl.where(c_valid, v, float("-inf"))
         # ce: lse(z̄) online, and z̄_y
-        new_max = tl.maximum(zbar_max, tl.max(zbar_m, axis=0))
-        zbar_sum = zbar_sum * _exp(zbar_max - new_max) + tl.sum(_exp(zbar_m - new_max), axis=0)
-        zbar_max = new_max
+        zbar_max, zbar_sum = online_logsumexp(zbar_max, zbar_sum, zbar_m)
         zbar_y += tl.sum(tl.where(cols == y, zbar, 0.0), axis=0)
-        # teacher softmax, online; weights e^(v − u_max), 0 on padded classes
-        new_max = tl.maximum(u_max, tl.max(v_m, axis=0))
-        scale = _exp(u_max - new_max)
-        e = _exp(v_m - new_max)
-        # −log_softmax(z_t)_c = (max_t − z_{t,c}) + logsum_t >= 0, summed over the valid steps
+        # −log_softmax(z_t)_c = (max_t − z_{t,c}) + logsum_t >= 0 (+inf where masked), summed
+        # over the valid steps
         nll = tl.sum(tl.where(t_valid[:, None], (run_max[:, None] - x) + row_logsum[:, None], 0.0), axis=0)
         nll = tl.where(c_valid, nll, 0.0)
-        u_sum = u_sum * scale + tl.sum(e, axis=0)
-        u_dot_nll = u_dot_nll * scale + tl.sum(e * nll, axis=0)
-        u_max = new_max
+        # teacher softmax, online: weights e^(v − u_max), 0 on padded and masked classes
+        u_max, u_sum, u_dot_nll = online_softmax_dot(u_max, u_sum, u_dot_nll, v_m, nll)
     zbar_logsum = _log(zbar_sum)
     ce = (zbar_max - zbar_y) + zbar_logsum
     p_dot_nll_sum = tl.math.div_rn(u_dot_nll, u_sum)  # Σ_c p_c Σ_t (lse_t − z_{t,c})
     kd = kd_scale * p_dot_nll_sum
-    tl.store(loss_ptr + b, (1.0 - lam) * ce + lam * kd)
+    # a term of weight 0 is left out, selected before the product (ce is +inf when the label is
+    # masked: 0 · inf = NaN)
+    ce_term = tl.where(lam == 1.0, 0.0, ce)
+    kd_term = tl.where(lam == 0.0, 0.0, kd)
+    tl.store(loss_ptr + b, (1.0 - lam) * ce_term + lam * kd_term)
     tl.store(ce_ptr + b, ce)
     tl.store(kd_ptr + b, kd)
     st = stats_ptr + b * 8
@@ -295,8 +286,8 @@ def _tks_loss_backward_kernel(
         else:
             x = _load_tile(rows, cols, t_valid, c_valid)
         zbar, v = _mean_and_teacher(x, m, T_f, teacher_div, tau)
-        softmax_zbar = _exp((zbar - zbar_max) - zbar_logsum)
-        p = _exp((v - u_max) - u_logsum)
+        softmax_zbar = _exp(log_softmax_from(zbar, zbar_max, zbar_logsum))
+        p = _exp(log_softmax_from(v, u_max, u_logsum))
         d_ce = coef_ce * (softmax_zbar - tl.where(cols == y, 1.0, 0.0))  # [BLOCK_C]
         nll = (row_max[:, None] - x) + row_logsum[:, None]  # −log_softmax(z_t), >= 0
         softmax_z = _exp(-nll)
@@ -305,20 +296,15 @@ def _tks_loss_backward_kernel(
             # z̄_c − p·z̄ written as p·N̄ − N̄_c, N̄ = mean_t −log_softmax(z_t): small when the
             # teacher is confident and right, where z̄_c − p·z̄ would cancel large logits
             nll_bar = tl.math.div_rn(tl.sum(tl.where(t_valid[:, None], nll, 0.0), axis=0), T_f)
-            d -= coef_teacher[:, None] * (p * (p_dot_nll - nll_bar))[None, :]
+            d -= coef_teacher[:, None] * times_prob(p, p_dot_nll - nll_bar)[None, :]  # 0 where p = 0
         tl.store(grad_rows + cols[None, :], d.to(grad_logits_ptr.dtype.element_ty),
                  mask=t_valid[:, None] & c_valid[None, :])
 
 
-def _next_power_of_2(n: int) -> int:
-    # plain Python: triton.next_power_of_2 is a ConstexprFunction, ~1.5 us a call on the host
-    return 1 << max(n - 1, 0).bit_length()
-
-
 def _blocks(T: int, C: int, block_c: Optional[int]) -> tuple[int, int]:
-    block_t = max(2, _next_power_of_2(T))
+    block_t = max(2, next_power_of_2(T))
     if block_c is None:
-        block_c = max(16, min(_next_power_of_2(C), MAX_TILE // block_t))
+        block_c = max(16, min(next_power_of_2(C), MAX_TILE // block_t))
     return block_t, block_c
 
 
@@ -368,9 +354,8 @@ def tks_loss_backward_triton(
     T, B, C = logits.shape
     if logits.stride(2) != 1:
         logits = logits.contiguous()
-    # The interpreter (triton 3.8) truncates fp32 -> bf16 instead of rounding to nearest even:
-    # there, write fp32 and round on the host. Compiled kernels round correctly in the store.
-    interpreter_bf16 = logits.dtype == torch.bfloat16 and triton_interpreter_enabled()
+    # the interpreter truncates to bf16 in a store: write fp32 there and round on the host
+    interpreter_bf16 = interpreter_truncates_bf16(logits.dtype)
     out_dtype = torch.float32 if interpreter_bf16 else logits.dtype
     grad_logits = torch.empty((T, B, C), dtype=out_dtype, device=logits.device)
     block_t, block_c = _blocks(T, C, block_c)
@@ -429,8 +414,10 @@ class TKSLossTritonFunction(torch.autograd.Function):
         return loss, ce, kd, n_selected
 
     @staticmethod
-    @once_differentiable  # the Triton backward is not itself differentiable: double backward raises
     def backward(ctx, grad_loss, grad_ce, grad_kd, _grad_n):
+        # the Triton backward is not itself differentiable: create_graph=True raises here, before
+        # a gradient without (or with a wrong) graph is returned
+        refuse_create_graph("tks_loss", "triton")
         logits, target, saved = ctx.saved_tensors
         if grad_loss is None and grad_ce is None and grad_kd is None:
             return None, None, None, None
@@ -487,6 +474,7 @@ def _op_setup_context(ctx, inputs, output):
 
 
 def _op_backward(ctx, grad_loss, grad_ce, grad_kd, _grad_saved):
+    refuse_create_graph("tks_loss", "triton")
     none = (None,) * 9
     if grad_loss is None and grad_ce is None and grad_kd is None:
         return none
@@ -497,7 +485,7 @@ def _op_backward(ctx, grad_loss, grad_ce, grad_kd, _grad_saved):
 
 
 def _no_double_backward(ctx, grad_grad_logits):
-    raise RuntimeError("tks_loss: the triton backend has no double backward (create_graph=True); use backend='torch'")
+    raise double_backward_error("tks_loss", "triton")
 
 
 _forward_op.register_autograd(_op_backward, setup_context=_op_setup_context)
