@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Run the three benchmarks one after the other into one folder, each with its log.
+# Run the benchmarks one after the other into one folder, each with its log.
 #   bash bench/run_all.sh OUT_DIR [options passed to every script, e.g. --quick or --threads 1]
 # SCRIPTS="bench_lif bench_tks_loss" picks a subset; PYTHON picks the interpreter.
 # A failing script does not stop the others; the exit status is that of the last failure.
@@ -15,7 +15,7 @@ mkdir -p "$out"
 export PYTHONPATH="$PWD:$PWD/python${PYTHONPATH:+:$PYTHONPATH}"
 PYTHON="${PYTHON:-$(command -v python || command -v python3)}"
 status=0
-for script in ${SCRIPTS:-bench_lif bench_tks_loss bench_train_step}; do
+for script in ${SCRIPTS:-bench_lif bench_tks_loss bench_kd_loss bench_train_step}; do
     start=$(date +%s)
     echo "== $script $*"
     "$PYTHON" "bench/$script.py" --out "$out" "$@" 2>&1 | tee "$out/$script.log"

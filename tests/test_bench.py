@@ -105,3 +105,24 @@ def test_bench_train_step_smoke(tmp_path):
     else:
         assert all(r["status"].startswith("skipped: ") for r in rows)
     assert "== targets ==" in proc.stdout
+
+
+def test_bench_kd_loss_smoke(tmp_path):
+    proc = run_script("bench_kd_loss.py", tmp_path)
+    rows, _ = read_outputs(tmp_path, "kd_loss", [
+        "provider", "dtype", "Ts", "Tt", "B", "C", "pass", "status", "median_ms", "q20_ms", "q80_ms",
+    ])
+    assert sorted(r["pass"] for r in ok_rows(rows, "eager")) == ["bwd", "fwd", "fwd+bwd"]
+    assert all(r["status"] == "ok" or r["status"].startswith(("skipped: ", "error: ")) for r in rows)
+    assert "== targets ==" in proc.stdout
+
+
+def test_bench_train_step_methods_smoke(tmp_path):
+    """--method: one step of each training method against ce on the same model."""
+    run_script("bench_train_step.py", tmp_path, "--method", "tssd,trt,ssnn", "--models", "resnet19")
+    rows, md = read_outputs(tmp_path, "train_step_methods", [
+        "model", "method", "T", "data_T", "batch", "status", "median_ms", "overhead_vs_ce", "saved_mb", "parts",
+    ])
+    assert [r["method"] for r in rows] == ["ce", "tssd", "trt", "ssnn"]
+    assert all(r["status"] == "ok" for r in rows), [r["status"] for r in rows]
+    assert float(rows[0]["overhead_vs_ce"]) == 1.0 and "kd_temporal" in rows[1]["parts"]
