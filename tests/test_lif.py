@@ -1,12 +1,10 @@
 """Fused LIF (Triton; on the CPU through the interpreter) against the eager reference and
 spikingjelly 2.0.0."""
 import itertools
-import math
 
 import pytest
 import torch
 
-import tks_kernels
 from tks_kernels.lif import SURROGATES, lif_multistep, lif_multistep_reference
 
 from _utils import assert_equal, assert_rel_close, assert_within_one_rounding
@@ -275,6 +273,164 @@ def test_triton_non_contiguous(device, layout):
             assert_rel_close(p, q, TOL, f"grad[{i}]")
 
 
+# ---------------------------------------------------------------- memory format
+
+def dense_step_layouts(device):
+    """[T, *] inputs whose steps are dense blocks that are not contiguous, by name."""
+    g = torch.Generator().manual_seed(3)
+
+    def r(*shape):
+        return (torch.randn(*shape, generator=g) * 1.5 + 0.3).to(device)
+
+    return {
+        # a 4-D channels_last single step, as the modules see it: [1, N, C, H, W]
+        "channels_last_single_step": r(2, 6, 5, 7).to(memory_format=torch.channels_last).unsqueeze(0),
+        # [T, N, C, H, W] with channels_last steps
+        "channels_last_5d": r(3, 2, 5, 7, 6).permute(0, 1, 4, 2, 3),
+        "transposed": r(4, 9, 5).transpose(1, 2),
+        # and a time stride that is not N: still read in place
+        "channels_last_time_strided": r(6, 2, 5, 7, 6).permute(0, 1, 4, 2, 3)[::2],
+    }
+
+
+LAYOUTS = list(dense_step_layouts("cpu"))
+
+
+def allocated_bytes(fn) -> int:
+    """Bytes allocated on the CPU while ``fn`` runs (torch's profiler)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn()
+    return sum(e.self_cpu_memory_usage for e in prof.events() if e.self_cpu_memory_usage > 0)
+
+
+def check_memory_format(backend, device, name, **kw):
+    """Outputs (spikes, v, v_seq) and the gradient of x keep x's step strides; the gradients arrive
+    contiguous (another layout) and v_init is contiguous; every value equals the run on the
+    contiguous copy of x."""
+    x = dense_step_layouts(device)[name]
+    assert not x[0].is_contiguous()
+    step = tuple(x[0].stride())
+    n = x[0].numel()
+    g = torch.Generator().manual_seed(4)
+    v0 = (torch.randn(x.shape[1:], generator=g) * 0.5).to(device)
+    w_s, w_v = torch.randn(x.shape, generator=g).to(device), torch.randn(x.shape, generator=g).to(device)
+    for store_v_seq in [False, True]:
+        out = {}
+        for which, inp in (("strided", x), ("contiguous", x.contiguous())):
+            xi, vi = inp.detach().requires_grad_(), v0.clone().requires_grad_()
+            tau = torch.tensor(2.5, device=device, requires_grad=True)
+            s, v = lif_multistep(xi, vi, tau=tau, v_threshold=0.6, store_v_seq=store_v_seq, backend=backend, **kw)
+            loss = (s * w_s).sum() + (v * (w_v if store_v_seq else w_v[0])).sum()
+            out[which] = (s, v, *torch.autograd.grad(loss, [xi, vi, tau]))
+        s, v, gx, gv, gtau = out["strided"]
+        assert s.stride() == (n, *step), f"spikes strides {s.stride()}, x's step {step}"
+        assert v.stride() == ((n, *step) if store_v_seq else step), f"v strides {v.stride()}"
+        assert gx.stride() == (n, *step), f"grad_x strides {gx.stride()}"
+        assert_equal(s, out["contiguous"][0], "spikes")
+        for i, what in enumerate(["v", "grad_x", "grad_v_init"], start=1):
+            if backend == "torch":  # torch's own kernels: vectorised (contiguous) vs not round the exp apart
+                assert_rel_close(out["strided"][i], out["contiguous"][i], 1e-6, f"{what} (store_v_seq={store_v_seq})")
+            else:  # the kernels: the same operations on every element, whatever the layout
+                assert_equal(out["strided"][i], out["contiguous"][i], f"{what} (store_v_seq={store_v_seq})")
+        # the leak's gradient sums over the neurons in memory order, which differs
+        assert_rel_close(gtau, out["contiguous"][4], 1e-6, "grad tau")
+
+
+def check_reads_x_in_place(backend):
+    """A dense-step x is not copied: the call allocates what it does on the contiguous copy of x
+    (its outputs), and a sliced x (not a dense block: copied) more."""
+    def cost(x):
+        return allocated_bytes(lambda: lif_multistep(x.detach().requires_grad_(), v_threshold=0.6, backend=backend))
+
+    for name, x in dense_step_layouts("cpu").items():
+        assert cost(x) == cost(x.contiguous()), name
+    sliced = torch.randn(3, 2, 6, 9)[..., 1:8]
+    assert cost(sliced) > cost(sliced.contiguous())
+
+
+@pytest.mark.parametrize("name", LAYOUTS)
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+def test_memory_format_kept(device, backend, name):
+    check_memory_format(backend, device, name)
+
+
+def test_triton_reads_x_in_place():
+    check_reads_x_in_place("triton")
+
+
+# ---------------------------------------------------------------- double backward
+
+DOUBLE_BACKWARD = r"lif_multistep\(backend='{}'\) does not support double backward \(create_graph=True\); use backend='torch'"
+
+
+def check_double_backward_refused(backend, device):
+    """create_graph=True through a fused backend raises (its backward is not differentiable: the
+    second derivative would silently be zero); the torch backend differentiates twice."""
+    g = torch.Generator().manual_seed(2)
+    x = (torch.randn(4, 3, 50, generator=g) * 1.5).to(device).requires_grad_()
+    w = torch.randn(4, 3, 50, generator=g).to(device)
+    tau = torch.tensor(2.5, device=device, requires_grad=True)
+    s, v = lif_multistep(x, tau=tau, v_threshold=0.5, backend=backend)
+    with pytest.raises(RuntimeError, match=DOUBLE_BACKWARD.format(backend)):
+        torch.autograd.grad((s * w).sum() + (v * v).sum(), [x, tau], create_graph=True)
+    # first-order gradients are untouched
+    s, v = lif_multistep(x, tau=tau, v_threshold=0.5, backend=backend)
+    s_ref, v_ref = lif_multistep(x, tau=tau, v_threshold=0.5, backend="torch")
+    gx, gtau = torch.autograd.grad((s * w).sum() + (v * v).sum(), [x, tau])
+    gx_ref, gtau_ref = torch.autograd.grad((s_ref * w).sum() + (v_ref * v_ref).sum(), [x, tau], create_graph=True)
+    assert_rel_close(gx, gx_ref, TOL, "grad_x")
+    # the reference's second derivative (a gradient penalty) is there and non-zero
+    (gg,) = torch.autograd.grad(gx_ref.pow(2).sum() + gtau_ref, x)
+    assert torch.isfinite(gg).all() and gg.abs().sum() > 0
+
+
+def check_backward_op_not_differentiable(op, backend, device):
+    """The backward op called in grad mode with an input that requires grad (what a compiled
+    backward run with create_graph=True does) raises at once, not a warning and a zero."""
+    h = torch.randn(5, 3, 17, device=device)
+    grad_spikes = torch.randn(5, 3, 17, device=device, requires_grad=True)
+    args = (grad_spikes, torch.randn(3, 17, device=device), h, None, None, None, 1, 2.0, True, 0.5, 0.0, False, False,
+            1, 2.0, False, torch.float32, False)
+    with pytest.raises(RuntimeError, match=DOUBLE_BACKWARD.format(backend)):
+        op(*args)
+    with torch.no_grad():
+        op(*args)  # the op itself runs
+    op(grad_spikes.detach(), *args[1:])
+
+
+def check_compiled_double_backward_refused(backend, device):
+    lin = torch.nn.Linear(20, 20).to(device)
+    x = torch.randn(4, 3, 20, device=device, requires_grad=True)
+
+    def fn(x):
+        s, v = lif_multistep(lin(x), v_threshold=0.3, backend=backend)
+        return (s * lin(x)).sum() + (v * v).sum()
+
+    torch._dynamo.reset()
+    loss = torch.compile(fn, backend="aot_eager", fullgraph=True)(x)
+    # torch's own refusal of a compiled double backward (at the second backward, as for any
+    # compiled function); the backward op would refuse too (check_backward_op_not_differentiable)
+    with pytest.raises(RuntimeError, match="double backward"):
+        gw, = torch.autograd.grad(loss, [lin.weight], create_graph=True)
+        torch.autograd.grad(gw.pow(2).sum(), lin.weight)
+
+
+def test_triton_double_backward_refused(device):
+    check_double_backward_refused("triton", device)
+
+
+def test_triton_backward_op_not_differentiable(device):
+    from tks_kernels.lif import triton as lif_triton  # noqa: F401 (registers the ops)
+
+    check_backward_op_not_differentiable(torch.ops.tks_triton.lif_backward.default, "triton", device)
+
+
+def test_triton_compiled_double_backward_refused(device):
+    check_compiled_double_backward_refused("triton", device)
+
+
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("leak", ["lif", "decay_tensor"])
 @pytest.mark.parametrize("store_v_seq", [False, True])
@@ -434,12 +590,37 @@ def check_spikingjelly_agreement(kind, decay_input, v_reset, detach_reset, surro
     (dict(backend="cupy"), ValueError, "backend='cupy' is not supported"),
     (dict(decay_input=1), TypeError, "decay_input must be a bool"),
     (dict(decay=torch.tensor(0.5), tau=3.0), ValueError, "not both"),
+    # any tau with decay, the default's value and None included
+    (dict(decay=torch.tensor(0.5), tau=2.0), ValueError, "not both"),
+    (dict(decay=torch.tensor(0.5), tau=None), ValueError, "not both"),
+    (dict(decay=torch.tensor(0.5), tau=torch.tensor(3.0)), ValueError, "not both"),
+    # tensor tau and decay out of range (CPU tensors: checked without a device sync)
+    (dict(tau=torch.tensor(0.0)), ValueError, r"tau must be > 1 \(LIF\), got tensor\(0.0\)"),
+    (dict(tau=torch.tensor(1.0, requires_grad=True)), ValueError, "tau must be > 1"),
+    (dict(tau=torch.tensor(-3.0)), ValueError, "tau must be > 1"),
+    (dict(tau=torch.tensor(float("nan"))), ValueError, "tau must be finite"),
+    (dict(tau=torch.tensor(float("inf"))), ValueError, "tau must be finite"),
+    (dict(decay=torch.tensor(0.0)), ValueError, r"decay \(= 1/tau\) must be in \(0, 1\), got tensor\(0.0\)"),
+    (dict(decay=torch.tensor(1.0)), ValueError, "decay .* must be in"),
+    (dict(decay=torch.tensor(1.5)), ValueError, "decay .* must be in"),
+    (dict(decay=torch.tensor(-0.2)), ValueError, "decay .* must be in"),
+    (dict(decay=torch.tensor(float("nan"))), ValueError, "decay .* must be in"),
 ])
 def test_bad_input_raises_clear_error(kwargs, exc, match):
     args = dict(x_seq=torch.ones(3, 4), v_init=None)
     args.update(kwargs)
     with pytest.raises(exc, match=match):
-        lif_multistep(args.pop("x_seq"), args.pop("v_init"), **args)
+        lif_multistep(dict(args)["x_seq"], args["v_init"], **{k: v for k, v in args.items() if k not in ("x_seq", "v_init")})
+    if "backend" not in args:  # the reference takes the same arguments and refuses the same
+        with pytest.raises(exc, match=match):
+            lif_multistep_reference(args.pop("x_seq"), args.pop("v_init"), **args)
+
+
+def test_tensor_leak_in_range_and_default_tau_with_decay_run():
+    x = torch.ones(3, 4)
+    for kw in [dict(decay=torch.tensor(0.5)), dict(tau=torch.tensor(1.0001)), dict(decay=torch.tensor(1e-6))]:
+        s, v = lif_multistep(x, **kw)
+        assert torch.isfinite(v).all()
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device to place v_init elsewhere")

@@ -16,8 +16,10 @@ from tks_kernels.lif import SURROGATES, lif_multistep, lif_multistep_reference
 from tks_kernels.lif import config as lif_config
 
 from _utils import assert_equal, assert_rel_close
-from test_lif import (GRID, LEAKS, RESETS, SJ_GRID, TOL, check_low_precision, check_spikingjelly_agreement,
-                      compare, leak_grad_scale, make_case, run)
+from test_lif import (GRID, LAYOUTS, LEAKS, RESETS, SJ_GRID, TOL, check_backward_op_not_differentiable,
+                      check_compiled_double_backward_refused, check_double_backward_refused, check_low_precision,
+                      check_memory_format, check_reads_x_in_place, check_spikingjelly_agreement, compare,
+                      leak_grad_scale, make_case, run)
 
 ROOT = Path(__file__).resolve().parents[1]
 CPP_REASON = _ext.load_reason("cpp")
@@ -97,6 +99,27 @@ def test_cpp_non_contiguous(layout):
             for i, (p, q) in enumerate(zip(g, g_ref)):
                 floor = leak_grad_scale(x.contiguous(), None, leak_kw, **kw) if p.dim() == 0 else 0.0
                 assert_rel_close(p, q, TOL, f"grad[{i}]", floor=floor)
+
+
+@pytest.mark.parametrize("name", LAYOUTS)
+def test_cpp_memory_format_kept(name):
+    check_memory_format("cpp", CPU, name)
+
+
+def test_cpp_reads_x_in_place():
+    check_reads_x_in_place("cpp")
+
+
+def test_cpp_double_backward_refused():
+    check_double_backward_refused("cpp", CPU)
+
+
+def test_cpp_backward_op_not_differentiable():
+    check_backward_op_not_differentiable(torch.ops.tks.lif_backward.default, "cpp", CPU)
+
+
+def test_cpp_compiled_double_backward_refused():
+    check_compiled_double_backward_refused("cpp", CPU)
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])

@@ -17,8 +17,9 @@ from tks_kernels import _ext
 from tks_kernels.lif import SURROGATES, lif_multistep
 
 from _utils import assert_equal, assert_rel_close
-from test_lif import (GRID, LEAKS, RESETS, TOL, check_64bit_offsets, check_low_precision, compare, leak_grad_scale,
-                      make_case, run)
+from test_lif import (GRID, LAYOUTS, LEAKS, RESETS, TOL, check_64bit_offsets, check_backward_op_not_differentiable,
+                      check_compiled_double_backward_refused, check_double_backward_refused, check_low_precision,
+                      check_memory_format, compare, leak_grad_scale, make_case, run)
 
 HAS_GPU = torch.cuda.is_available()
 needs_gpu = pytest.mark.skipif(not HAS_GPU, reason="needs a CUDA GPU (this machine has none): run on a GPU machine")
@@ -172,6 +173,44 @@ def test_cuda_non_contiguous_and_misaligned(layout):
         for i, (p, q) in enumerate(zip(g, g_ref)):
             floor = leak_grad_scale(x.contiguous(), None, leak_kw, v_threshold=0.8) if p.dim() == 0 else 0.0
             assert_rel_close(p, q, TOL, f"grad[{i}]", floor=floor)
+
+
+@needs_gpu
+@pytest.mark.parametrize("name", LAYOUTS)
+def test_cuda_memory_format_kept(name):
+    check_memory_format("cuda", "cuda", name)
+
+
+@needs_gpu
+def test_cuda_reads_x_in_place():
+    """No copy of a dense-step x: the call allocates on the GPU what it does for the contiguous copy."""
+    from test_lif import dense_step_layouts
+
+    def cost(x):
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        before = torch.cuda.memory_allocated()
+        lif_multistep(x.detach().requires_grad_(), v_threshold=0.6, backend="cuda")
+        torch.cuda.synchronize()
+        return torch.cuda.max_memory_allocated() - before
+
+    for name, x in dense_step_layouts("cuda").items():
+        assert cost(x) == cost(x.contiguous()), name
+
+
+@needs_gpu
+def test_cuda_double_backward_refused():
+    check_double_backward_refused("cuda", "cuda")
+
+
+@needs_gpu
+def test_cuda_backward_op_not_differentiable():
+    check_backward_op_not_differentiable(torch.ops.tks.lif_backward.default, "cuda", "cuda")
+
+
+@needs_gpu
+def test_cuda_compiled_double_backward_refused():
+    check_compiled_double_backward_refused("cuda", "cuda")
 
 
 @needs_gpu

@@ -85,20 +85,99 @@ inline LIFParams make_params(int64_t leak, double tau, bool decay_input, double 
   return p;
 }
 
-// x_seq as [T, N] rows without a copy when each step is contiguous (the time stride is free),
-// else a contiguous copy; the same rule as tks_kernels/lif/triton.py _as_rows.
+// The memory layout of the outputs, the rule of tks_kernels/lif/layout.py (its fake implementations
+// give the same strides). The kernels walk each step's N neurons in memory order, which is right
+// for any step that is a permuted contiguous block (channels_last, a transposed matrix): the
+// outputs then take x's step strides ([T, *] outputs time-outermost, (N, step strides)) and x is
+// read in place. A contiguous step, or one that is not a dense block (x is then copied), gives
+// contiguous outputs.
+inline bool dense_block(at::IntArrayRef sizes, at::IntArrayRef strides) {
+  std::vector<std::pair<int64_t, int64_t>> dims;  // (stride, size), size-1 dims left out
+  for (size_t i = 0; i < sizes.size(); ++i) {
+    if (sizes[i] != 1) dims.emplace_back(strides[i], sizes[i]);
+  }
+  std::sort(dims.begin(), dims.end());
+  int64_t expected = 1;
+  for (const auto& [stride, size] : dims) {
+    if (stride != expected) return false;
+    expected *= size;
+  }
+  return true;
+}
+
+struct StepLayout {
+  bool permuted = false;      // false: contiguous
+  std::vector<int64_t> step;  // the step strides, when permuted
+
+  // strides of a [*] (one step) or [T, *] output, or empty for contiguous
+  std::vector<int64_t> strides(at::IntArrayRef sizes, bool seq) const {
+    if (!permuted) return {};
+    if (!seq) return step;
+    std::vector<int64_t> out{c10::multiply_integers(sizes.slice(1))};
+    out.insert(out.end(), step.begin(), step.end());
+    return out;
+  }
+};
+
+// layout.step_strides: from x_seq [T, *]
+inline StepLayout step_layout(const at::Tensor& x_seq) {
+  StepLayout layout;
+  const at::Tensor step = x_seq.select(0, 0);
+  if (!step.is_contiguous() && dense_block(step.sizes(), step.strides())) {
+    layout.permuted = true;
+    layout.step = step.strides().vec();
+  }
+  return layout;
+}
+
+// layout.saved_step_strides: from the saved h [T, *] (time stride N), or contiguous
+inline StepLayout saved_layout(const at::Tensor& h) {
+  StepLayout layout = step_layout(h);
+  if (layout.permuted && h.size(0) > 1 && h.stride(0) != h.numel() / h.size(0)) layout = StepLayout{};
+  return layout;
+}
+
+// t's strides equal `strides` on every dimension of size > 1 (empty `strides`: t is contiguous)
+inline bool has_layout(const at::Tensor& t, const std::vector<int64_t>& strides) {
+  if (strides.empty()) return t.is_contiguous();
+  for (int64_t d = 0; d < t.dim(); ++d) {
+    if (t.size(d) != 1 && t.stride(d) != strides[d]) return false;
+  }
+  return true;
+}
+
+// x_seq as [T, N] rows: each step read in place when it already has the layout's step strides
+// (the time stride is free), else a copy in the layout.
 struct Rows {
   at::Tensor x;
   int64_t T, N, stride_t;
 };
 
-inline Rows as_rows(const at::Tensor& x_seq) {
+inline Rows as_rows(const at::Tensor& x_seq, const StepLayout& layout) {
   Rows r;
   r.T = x_seq.size(0);
-  r.x = x_seq.select(0, 0).is_contiguous() ? x_seq : x_seq.contiguous();
+  const std::vector<int64_t> step = layout.strides(x_seq.sizes().slice(1), false);
+  if (has_layout(x_seq.select(0, 0), step)) {
+    r.x = x_seq;
+  } else if (!layout.permuted) {
+    r.x = x_seq.contiguous();
+  } else {
+    r.x = at::empty_strided(x_seq.sizes(), layout.strides(x_seq.sizes(), true), x_seq.options());
+    r.x.copy_(x_seq);
+  }
   r.N = r.x.numel() / std::max<int64_t>(r.T, 1);
   r.stride_t = r.T > 1 ? r.x.stride(0) : r.N;
   return r;
+}
+
+// t in `dtype` with the layout's strides: itself when it already is, else a copy
+inline at::Tensor as_layout(const at::Tensor& t, const StepLayout& layout, bool seq, at::ScalarType dtype) {
+  const std::vector<int64_t> strides = layout.strides(t.sizes(), seq);
+  if (t.scalar_type() == dtype && has_layout(t, strides)) return t;
+  if (strides.empty()) return t.to(dtype).contiguous();
+  at::Tensor out = at::empty_strided(t.sizes(), strides, t.options().dtype(dtype));
+  out.copy_(t);
+  return out;
 }
 
 // A 0-dim (one-element) fp32 tensor on x's device, or nullopt.
@@ -111,16 +190,16 @@ inline std::optional<at::Tensor> scalar_fp32(const char* op, const char* name, c
   return t->to(at::kFloat).contiguous();
 }
 
-// A [N] state tensor shaped like one step, as fp32 contiguous, or nullopt.
+// A [N] state tensor shaped like one step, as fp32 in the step layout, or nullopt.
 inline std::optional<at::Tensor> state_fp32(const char* op, const char* name, const std::optional<at::Tensor>& t,
-                                            at::IntArrayRef step_shape, const at::Device& device,
-                                            c10::DeviceType kernel) {
+                                            at::IntArrayRef step_shape, const StepLayout& layout,
+                                            const at::Device& device, c10::DeviceType kernel) {
   if (!t.has_value()) return std::nullopt;
   check_device(op, name, *t, device, kernel);
   check_float(op, name, *t);
   TORCH_CHECK(t->sizes() == step_shape, op, ": ", name, " has shape ", t->sizes(), " but one step has shape ",
               step_shape);
-  return t->to(at::kFloat).contiguous();
+  return as_layout(*t, layout, false, at::kFloat);
 }
 
 // A fresh, untouched CPU output: ask Linux to back it with 2 MiB pages. The kernel zeroes every
@@ -252,17 +331,24 @@ inline c10::Allocator* mapped_output_allocator() {
 }
 #endif
 
-inline at::Tensor empty_output(at::IntArrayRef sizes, const at::TensorOptions& options) {
+// An output of the op in `layout` (a [T, *] tensor if `seq`, else one step [*]).
+inline at::Tensor empty_output(at::IntArrayRef sizes, const StepLayout& layout, bool seq,
+                               const at::TensorOptions& options) {
+  const std::vector<int64_t> strides = layout.strides(sizes, seq);
 #if defined(TKS_LIF_MAPPED_OUTPUTS)
   if (options.device().is_cpu()) {
     const size_t bytes = static_cast<size_t>(c10::multiply_integers(sizes)) * options.dtype().itemsize();
     if (bytes >= kMinMappedOutputBytes) {
-      return at::detail::empty_generic(sizes, mapped_output_allocator(), c10::DispatchKeySet(c10::DispatchKey::CPU),
-                                       c10::typeMetaToScalarType(options.dtype()), std::nullopt);
+      const c10::DispatchKeySet keys(c10::DispatchKey::CPU);
+      const at::ScalarType dtype = c10::typeMetaToScalarType(options.dtype());
+      if (strides.empty()) {
+        return at::detail::empty_generic(sizes, mapped_output_allocator(), keys, dtype, std::nullopt);
+      }
+      return at::detail::empty_strided_generic(sizes, strides, mapped_output_allocator(), keys, dtype);
     }
   }
 #endif
-  at::Tensor t = at::empty(sizes, options);
+  at::Tensor t = strides.empty() ? at::empty(sizes, options) : at::empty_strided(sizes, strides, options);
   if (t.is_cpu() && t.nbytes() >= (size_t{4} << 20)) advise_huge_pages(t.data_ptr(), t.nbytes());
   return t;
 }
@@ -288,15 +374,16 @@ TensorTriple lif_forward_impl(c10::DeviceType kernel, const at::Tensor& x_seq, c
   const LIFParams p =
       make_params(leak, tau, decay_input, v_threshold, v_reset, soft_reset, detach_reset, surrogate, alpha, store_v_seq);
   const at::IntArrayRef step_shape = x_seq.sizes().slice(1);
-  const auto v0 = state_fp32(op, "v_init", v_init, step_shape, device, kernel);
+  const StepLayout layout = step_layout(x_seq);
+  const auto v0 = state_fp32(op, "v_init", v_init, step_shape, layout, device, kernel);
   const auto k = scalar_fp32(op, "decay", decay, device, kernel);
   TORCH_CHECK(leak != kLeakMul || k.has_value(), op, ": leak=2 (decay tensor) needs decay");
 
-  const Rows rows = as_rows(x_seq);
+  const Rows rows = as_rows(x_seq, layout);
   const auto f32 = x_seq.options().dtype(at::kFloat);
-  at::Tensor spikes = empty_output(x_seq.sizes(), x_seq.options());
-  at::Tensor v_out = empty_output(store_v_seq ? x_seq.sizes() : step_shape, f32);
-  at::Tensor h = save_h ? empty_output(x_seq.sizes(), f32) : at::empty({0}, f32);
+  at::Tensor spikes = empty_output(x_seq.sizes(), layout, true, x_seq.options());
+  at::Tensor v_out = empty_output(store_v_seq ? x_seq.sizes() : step_shape, layout, store_v_seq, f32);
+  at::Tensor h = save_h ? empty_output(x_seq.sizes(), layout, true, f32) : at::empty({0}, f32);
 
   LIFForwardArgs a;
   a.x = rows.x.data_ptr();
@@ -332,7 +419,9 @@ TensorTriple lif_backward_impl(c10::DeviceType kernel, const std::optional<at::T
   const LIFParams p =
       make_params(leak, tau, decay_input, v_threshold, v_reset, soft_reset, detach_reset, surrogate, alpha, store_v_seq);
   const at::IntArrayRef step_shape = h.sizes().slice(1);
-  const at::Tensor h_c = h.contiguous();
+  // the forward wrote h in its layout; the gradients (and x, v_init) are brought to it
+  const StepLayout layout = saved_layout(h);
+  const at::Tensor h_c = layout.permuted ? h : h.contiguous();
 
   std::optional<at::Tensor> gs;
   if (grad_spikes.has_value()) {
@@ -340,7 +429,7 @@ TensorTriple lif_backward_impl(c10::DeviceType kernel, const std::optional<at::T
     check_float(op, "grad_spikes", *grad_spikes);
     TORCH_CHECK(grad_spikes->sizes() == h.sizes(), op, ": grad_spikes has shape ", grad_spikes->sizes(),
                 " but h has shape ", h.sizes());
-    gs = grad_spikes->to(x_dtype).contiguous();
+    gs = as_layout(*grad_spikes, layout, true, x_dtype);
   }
   std::optional<at::Tensor> gv;
   if (grad_v.has_value()) {
@@ -348,7 +437,7 @@ TensorTriple lif_backward_impl(c10::DeviceType kernel, const std::optional<at::T
     check_float(op, "grad_v", *grad_v);
     TORCH_CHECK(grad_v->sizes() == (store_v_seq ? h.sizes() : step_shape), op, ": grad_v has shape ",
                 grad_v->sizes(), " but v has shape ", store_v_seq ? h.sizes() : step_shape);
-    gv = grad_v->to(at::kFloat).contiguous();
+    gv = as_layout(*grad_v, layout, store_v_seq, at::kFloat);
   }
   const bool need_x = need_grad_decay && decay_input;
   TORCH_CHECK(!need_grad_decay || leak == kLeakMul, op, ": need_grad_decay needs leak=2 (decay tensor)");
@@ -360,15 +449,16 @@ TensorTriple lif_backward_impl(c10::DeviceType kernel, const std::optional<at::T
                 x_dtype);
     TORCH_CHECK(x_seq->sizes() == h.sizes(), op, ": x_seq has shape ", x_seq->sizes(), " but h has shape ",
                 h.sizes());
-    rows = as_rows(*x_seq);
+    rows = as_rows(*x_seq, layout);
   }
-  const auto v0 = need_grad_decay ? state_fp32(op, "v_init", v_init, step_shape, device, kernel) : std::nullopt;
+  const auto v0 =
+      need_grad_decay ? state_fp32(op, "v_init", v_init, step_shape, layout, device, kernel) : std::nullopt;
   const auto k = scalar_fp32(op, "decay", decay, device, kernel);
   TORCH_CHECK(leak != kLeakMul || k.has_value(), op, ": leak=2 (decay tensor) needs decay");
 
   const auto f32 = h.options();
-  at::Tensor grad_x = empty_output(h.sizes(), h.options().dtype(x_dtype));
-  at::Tensor grad_v_init = empty_output(step_shape, f32);
+  at::Tensor grad_x = empty_output(h.sizes(), layout, true, h.options().dtype(x_dtype));
+  at::Tensor grad_v_init = empty_output(step_shape, layout, false, f32);
   const int64_t T = h.size(0), N = h.numel() / T;
   at::Tensor grad_decay = need_grad_decay && N > 0 ? at::empty({}, f32) : at::zeros({}, f32);
 

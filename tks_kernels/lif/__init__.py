@@ -6,7 +6,7 @@ from typing import Optional
 import torch
 
 from .._backends import resolve_backend
-from .config import LIFConfig, check_backend, parse_lif_args
+from .config import TAU_DEFAULT, LIFConfig, check_backend, check_tau_or_decay, parse_lif_args
 from .reference import lif_multistep_reference, lif_reference_forward
 from .surrogate import SURROGATES
 
@@ -23,7 +23,7 @@ def lif_multistep(
     x_seq: torch.Tensor,
     v_init: Optional[torch.Tensor] = None,
     *,
-    tau=2.0,
+    tau=TAU_DEFAULT,
     v_threshold: float = 1.0,
     v_reset: Optional[float] = 0.0,
     decay_input: bool = True,
@@ -46,7 +46,7 @@ def lif_multistep(
     Args:
         x_seq: ``[T, *]`` float32/float16/bfloat16 input current, any strides, ``T >= 1``.
         v_init: ``[*]`` initial membrane potential, or None (``v_reset``; 0.0 for soft reset).
-        tau: float > 1 (LIF); a 0-dim tensor (learnable, gets a gradient); None for IF.
+        tau: float > 1 (LIF), default 2.0; a 0-dim tensor (learnable, gets a gradient); None for IF.
         v_threshold: firing threshold.
         v_reset: hard-reset value, or None for soft reset (subtract the threshold).
         decay_input: whether the input is divided by tau too.
@@ -57,7 +57,7 @@ def lif_multistep(
         store_v_seq: return ``v`` at every step ``[T, *]`` instead of the final ``[*]``.
         backend: "auto" | "triton" | "cuda" | "cpp" | "torch" (the eager reference).
         decay: 0-dim tensor ``1/tau`` used directly (ParametricLIFNode's ``sigmoid(w)``);
-            replaces ``tau``.
+            replaces ``tau``: giving ``tau`` too (any value, 2.0 included) is an error.
 
     Returns:
         ``(spikes, v)``: spikes ``[T, *]`` in x_seq's dtype; v fp32, ``[T, *]`` (after reset,
@@ -66,11 +66,26 @@ def lif_multistep(
     The fused backends save for backward one fp32 ``[T, *]`` tensor (``H``), and reference
     ``x_seq`` and ``v_init`` only for a learnable leak with ``decay_input``.
 
+    Memory format: where each step of ``x_seq`` is a dense block (contiguous, channels_last, any
+    permutation of a contiguous block) it is read in place and spikes, v and the gradient of x keep
+    its step strides (``[T, *]`` outputs time-outermost); otherwise x is copied and the outputs
+    are contiguous.
+
+    Checks: every argument is checked before any kernel runs. Tensor ``tau`` (> 1) and ``decay``
+    (in (0, 1)) are range-checked when that costs no device sync: CPU tensors, outside
+    torch.compile and functorch transforms. A CUDA tensor (reading it would sync the device, and
+    cannot be done inside CUDA graph capture) or a traced one is not checked: out of range it gives
+    NaN or a diverging v.
+
+    Double backward (``create_graph=True``) runs on ``backend="torch"`` only (autograd through the
+    reference); the fused backends raise.
+
     Example::
 
         >>> x = torch.randn(8, 32, 128, device="cuda")
         >>> spikes, v = lif_multistep(x, tau=2.0, v_threshold=0.5, surrogate="piecewise_quadratic", alpha=2.0)
     """
+    check_tau_or_decay(tau, decay)
     cfg, decay_tensor = parse_lif_args(
         x_seq, v_init, tau, decay, v_threshold, v_reset, decay_input, detach_reset, surrogate, alpha, store_v_seq
     )

@@ -13,6 +13,33 @@ from .surrogate import SURROGATES, default_alpha, surrogate_id
 LEAK_IF, LEAK_DIV, LEAK_MUL = 0, 1, 2
 
 
+class _DefaultTau:
+    """The default of ``tau`` (2.0), told apart from a tau the caller passed: a tau given together
+    with ``decay`` is refused whatever its value, 2.0 included."""
+
+    __slots__ = ()
+    value = 2.0
+
+    def __repr__(self) -> str:
+        return "2.0"
+
+
+TAU_DEFAULT = _DefaultTau()
+
+
+def check_tau_or_decay(tau, decay) -> None:
+    """``tau`` and ``decay`` (= 1/tau) are two ways to give one leak: refuse both."""
+    if decay is not None and tau is not TAU_DEFAULT:
+        raise ValueError(
+            f"give either tau or decay (= 1/tau), not both: got tau={_show(tau)} and decay={_show(decay)}; "
+            "drop tau (decay replaces it)"
+        )
+
+
+def _show(value) -> str:
+    return f"a tensor of shape {tuple(value.shape)}" if isinstance(value, torch.Tensor) else repr(value)
+
+
 @dataclass(frozen=True)
 class LIFConfig:
     """Everything but the tensors. ``leak``: LEAK_IF (no leak), LEAK_DIV (``/ tau``, a float),
@@ -79,8 +106,10 @@ def parse_lif_args(
     decay_tensor = None
     tau_float = 0.0
     if decay is not None:
-        if tau is not None and not (isinstance(tau, (int, float)) and float(tau) == 2.0):
-            raise ValueError("give either tau or decay (= 1/tau), not both")
+        # lif_multistep refuses any tau with decay (check_tau_or_decay); tks's modules pass the
+        # plain default 2.0 with decay, accepted here
+        if tau is not TAU_DEFAULT and not (isinstance(tau, (int, float)) and float(tau) == 2.0):
+            check_tau_or_decay(tau, decay)
         decay_tensor = _check_scalar_tensor("decay", decay, x_seq)
         leak = LEAK_MUL
     elif tau is None:
@@ -91,7 +120,7 @@ def parse_lif_args(
         decay_tensor = tau_tensor.reciprocal()
         leak = LEAK_MUL
     else:
-        tau_float = check_real("tau", tau)
+        tau_float = check_real("tau", tau.value if tau is TAU_DEFAULT else tau)
         if not tau_float > 1.0:
             raise ValueError(f"tau must be > 1 (LIF), got {tau_float}; pass tau=None for IF (no leak)")
         leak = LEAK_DIV
@@ -106,7 +135,31 @@ def _check_scalar_tensor(name: str, value, x_seq: torch.Tensor) -> torch.Tensor:
         raise ValueError(f"{name} must be a 0-dim tensor (one value for the layer), got shape {tuple(value.shape)}")
     if value.device != x_seq.device:
         raise ValueError(f"{name} is on {value.device} but x_seq is on {x_seq.device}; move it with .to(x_seq.device)")
+    if _readable_without_sync(value):
+        _check_leak_range(name, value.detach().item())
     return value.reshape(()).float()
+
+
+def _readable_without_sync(t: torch.Tensor) -> bool:
+    """Whether reading ``t``'s value costs no device sync and breaks no trace: a plain CPU tensor,
+    outside torch.compile and functorch transforms. (A CUDA tensor would sync the device, and
+    cannot be read inside CUDA graph capture; under torch.compile the read would break the graph.)"""
+    return (
+        t.device.type == "cpu"
+        and type(t) in (torch.Tensor, torch.nn.Parameter)
+        and not torch.compiler.is_compiling()
+        and not torch._C._functorch.is_functorch_wrapped_tensor(t)
+    )
+
+
+def _check_leak_range(name: str, value: float) -> None:
+    if name == "tau":
+        if value != value or value in (float("inf"), float("-inf")):
+            raise ValueError(f"tau must be finite, got tensor({value})")
+        if not value > 1.0:
+            raise ValueError(f"tau must be > 1 (LIF), got tensor({value}); pass tau=None for IF (no leak)")
+    elif not 0.0 < value < 1.0:
+        raise ValueError(f"decay (= 1/tau) must be in (0, 1), got tensor({value})")
 
 
 def check_backend(backend) -> str:

@@ -13,7 +13,7 @@ import torch
 
 from .. import _ext
 from .config import LIFConfig
-from .ops import lif_backward_fake, lif_forward_fake, register_lif_autograd
+from .ops import extension_backend, lif_backward_fake, lif_forward_fake, register_lif_autograd
 
 
 def lif_extension_forward(
@@ -38,4 +38,4 @@ def lif_extension_forward(
 # (m.set_python_module in csrc/lif/lif_ops.cpp), and torch checks where register_fake is called.
 torch.library.register_fake("tks::lif_forward")(lif_forward_fake)
 torch.library.register_fake("tks::lif_backward")(lif_backward_fake)
-register_lif_autograd("tks::lif_forward", torch.ops.tks.lif_backward)
+register_lif_autograd("tks::lif_forward", torch.ops.tks.lif_backward, "tks::lif_backward", extension_backend)

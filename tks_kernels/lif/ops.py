@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import torch
 
+from . import layout
 from .config import LEAK_MUL
 
 
@@ -25,9 +26,15 @@ def _check_devices(op: str, first: str, tensors: dict) -> None:
 def lif_forward_fake(x_seq, v_init, decay, leak, tau, decay_input, v_threshold, v_reset, soft_reset, detach_reset,
                      surrogate, alpha, store_v_seq, save_h):
     _check_devices("lif_forward", "x_seq", {"x_seq": x_seq, "v_init": v_init, "decay": decay})
-    spikes = x_seq.new_empty(x_seq.shape)
-    v = x_seq.new_empty(x_seq.shape if store_v_seq else x_seq.shape[1:], dtype=torch.float32)
-    h = x_seq.new_empty(x_seq.shape if save_h else (0,), dtype=torch.float32)
+    # the kernels' output layout (lif/layout.py): x's step strides when its steps are dense blocks
+    step = layout.step_strides(x_seq)
+    seq = layout.seq_strides(x_seq.shape, step)
+    spikes = layout.empty(x_seq, x_seq.shape, seq, x_seq.dtype)
+    if store_v_seq:
+        v = layout.empty(x_seq, x_seq.shape, seq, torch.float32)
+    else:
+        v = layout.empty(x_seq, x_seq.shape[1:], step, torch.float32)
+    h = layout.empty(x_seq, x_seq.shape, seq, torch.float32) if save_h else x_seq.new_empty((0,), dtype=torch.float32)
     return spikes, v, h
 
 
@@ -35,7 +42,9 @@ def lif_backward_fake(grad_spikes, grad_v, h, x_seq, v_init, decay, leak, tau, d
                       soft_reset, detach_reset, surrogate, alpha, store_v_seq, x_dtype, need_grad_decay):
     _check_devices("lif_backward", "h", {"h": h, "grad_spikes": grad_spikes, "grad_v": grad_v, "x_seq": x_seq,
                                          "v_init": v_init, "decay": decay})
-    return h.new_empty(h.shape, dtype=x_dtype), h.new_empty(h.shape[1:]), h.new_empty(())
+    step = layout.saved_step_strides(h)
+    grad_x = layout.empty(h, h.shape, layout.seq_strides(h.shape, step), x_dtype)
+    return grad_x, layout.empty(h, h.shape[1:], step, torch.float32), h.new_empty(())
 
 
 # ---------------------------------------------------------------- autograd
@@ -56,12 +65,29 @@ def lif_setup_context(ctx, inputs, output):
     ctx.set_materialize_grads(False)  # an unused output's gradient stays None, not a zero tensor
 
 
-def make_lif_forward_backward(backward_op, forward_name: str):
+def refuse_double_backward(backend: str) -> None:
+    """The fused backward is not itself differentiable: with ``create_graph=True`` its result
+    would carry a graph that gives a zero second derivative. Refuse, before any kernel runs."""
+    raise RuntimeError(
+        f"lif_multistep(backend={backend!r}) does not support double backward (create_graph=True); "
+        "use backend='torch'"
+    )
+
+
+def extension_backend(t: torch.Tensor) -> str:
+    """The backend name of the compiled ops (tks::lif_*) for a tensor on their device."""
+    return "cuda" if t.device.type == "cuda" else "cpp"
+
+
+def make_lif_forward_backward(backward_op, forward_name: str, backend_of):
     """The autograd formula of a ``lif_forward`` op whose backward is ``backward_op`` (same
-    schemas as tks::lif_forward / lif_backward; the Triton ops of lif/triton.py share them)."""
+    schemas as tks::lif_forward / lif_backward; the Triton ops of lif/triton.py share them).
+    ``backend_of(h)`` names the backend in the double-backward error."""
 
     def backward(ctx, grad_spikes, grad_v, _grad_h):
         h, x_seq, v_init, decay = ctx.saved_tensors
+        if torch.is_grad_enabled():  # create_graph=True: the backward would have to be differentiable
+            refuse_double_backward(backend_of(h))
         if h.dim() == 1 and h.shape[0] == 0:
             raise RuntimeError(f"{forward_name} was called with save_h=False, so it cannot be differentiated")
         grad_x, grad_v_init, grad_decay = backward_op(
@@ -76,8 +102,22 @@ def make_lif_forward_backward(backward_op, forward_name: str):
     return backward
 
 
-def register_lif_autograd(forward_name: str, backward_op) -> None:
-    """The forward op's autograd formula (the fake implementations are registered by the module
-    that defines the ops: torch checks where that call is made)."""
-    torch.library.register_autograd(forward_name, make_lif_forward_backward(backward_op, forward_name),
+def register_lif_autograd(forward_name: str, backward_op, backward_name: str, backend_of) -> None:
+    """The forward op's autograd formula, and the backward op's refusal to be differentiated (the
+    fake implementations are registered by the module that defines the ops: torch checks where
+    that call is made).
+
+    The backward op itself is not differentiable. Without an autograd kernel torch would only warn
+    and treat it as a constant (a zero second derivative), so calling it with any input that
+    requires grad, in grad mode, raises at once: that is what a compiled backward run with
+    ``create_graph=True`` does, where the forward op's formula above is not called."""
+    torch.library.register_autograd(forward_name, make_lif_forward_backward(backward_op, forward_name, backend_of),
                                     setup_context=lif_setup_context)
+
+    def backward_setup_context(ctx, inputs, output):
+        refuse_double_backward(backend_of(inputs[2]))
+
+    def backward_backward(ctx, *grads):  # never reached: backward_setup_context raises first
+        refuse_double_backward("?")
+
+    torch.library.register_autograd(backward_name, backward_backward, setup_context=backward_setup_context)

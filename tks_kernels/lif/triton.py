@@ -1,7 +1,8 @@
 """Fused multi-step LIF in Triton: one launch runs charge/fire/reset over all T, one launch runs
 the surrogate-gradient backward over all T in reverse.
 
-Layout: the input is viewed as ``[T, N]`` (time stride free, each step contiguous). One program
+Layout: the input is viewed as ``[T, N]`` (time stride free, each step a dense block walked in
+memory order; outputs in x's step layout, lif/layout.py). One program
 owns ``BLOCK`` neurons and walks time in a loop, so the state stays in registers, every input
 element is read once and every output element written once, and a new T does not recompile.
 Options that change the code path are ``tl.constexpr``.
@@ -21,8 +22,9 @@ import torch
 import triton
 import triton.language as tl
 
+from . import layout
 from .config import LEAK_MUL, LIFConfig
-from .ops import lif_backward_fake, lif_forward_fake, register_lif_autograd
+from .ops import lif_backward_fake, lif_forward_fake, refuse_double_backward, register_lif_autograd
 from .surrogate import SURROGATES
 
 # One config: the interpreter cannot autotune, and a memory-bound elementwise recurrence gains
@@ -242,13 +244,13 @@ def _lif_backward_kernel(
 
 
 
-def _as_rows(x_seq: torch.Tensor) -> tuple[torch.Tensor, int, int]:
-    """View ``x_seq`` as [T, N] rows without copying when each step is contiguous."""
+def _as_rows(x_seq: torch.Tensor, step: Optional[tuple[int, ...]]) -> tuple[torch.Tensor, int, int]:
+    """``x_seq`` as [T, N] rows in the layout ``step`` (lif/layout.py): read in place when its steps
+    already are, else a copy. Returns (rows, N, time stride)."""
     T = x_seq.shape[0]
-    step = x_seq[0]
-    if not step.is_contiguous():
-        x_seq = x_seq.contiguous()
-    N = step.numel()
+    if not layout.reads_in_place(x_seq, step):
+        x_seq = layout.as_layout(x_seq, layout.seq_strides(x_seq.shape, step), x_seq.dtype)
+    N = x_seq[0].numel()
     stride_t = x_seq.stride(0) if T > 1 else N
     return x_seq, N, stride_t
 
@@ -257,14 +259,20 @@ def lif_forward_triton(
     x_seq: torch.Tensor, v_init: Optional[torch.Tensor], decay: Optional[torch.Tensor], cfg: LIFConfig,
     save_h: bool,
 ) -> tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor]]:
-    """Launch the forward. Returns spikes [T, *] (x dtype), v ([T, *] or [*], fp32), h [T, *] fp32 or None."""
-    x_rows, N, stride_t = _as_rows(x_seq)
+    """Launch the forward. Returns spikes [T, *] (x dtype), v ([T, *] or [*], fp32), h [T, *] fp32 or
+    None; outputs in x's memory layout where its steps are dense blocks (lif/layout.py)."""
+    step = layout.step_strides(x_seq)
+    seq = layout.seq_strides(x_seq.shape, step)
+    x_rows, N, stride_t = _as_rows(x_seq, step)
     T = x_seq.shape[0]
     shape = x_seq.shape
-    spikes = torch.empty(shape, dtype=x_seq.dtype, device=x_seq.device)
-    v_out = torch.empty(shape if cfg.store_v_seq else shape[1:], dtype=torch.float32, device=x_seq.device)
-    h = torch.empty(shape, dtype=torch.float32, device=x_seq.device) if save_h else None
-    v_init_c = v_init.contiguous() if v_init is not None else None
+    spikes = layout.empty(x_seq, shape, seq, x_seq.dtype)
+    if cfg.store_v_seq:
+        v_out = layout.empty(x_seq, shape, seq, torch.float32)
+    else:
+        v_out = layout.empty(x_seq, shape[1:], step, torch.float32)
+    h = layout.empty(x_seq, shape, seq, torch.float32) if save_h else None
+    v_init_c = layout.as_layout(v_init, step, v_init.dtype) if v_init is not None else None
     grid = (-(-N // BLOCK),)  # ceil division in plain Python (triton.cdiv costs ~1.5 us on the host)
     if N > 0:
         _lif_forward_kernel[grid](
@@ -283,20 +291,26 @@ def lif_backward_triton(
     x_seq: Optional[torch.Tensor], v_init: Optional[torch.Tensor], decay: Optional[torch.Tensor],
     cfg: LIFConfig, x_dtype: torch.dtype, need_grad_decay: bool,
 ) -> tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor]]:
-    """Launch the backward. Returns grad_x [T, *] (x dtype), grad_v_init [*] fp32, grad_decay 0-dim or None."""
+    """Launch the backward. Returns grad_x [T, *] (x dtype), grad_v_init [*] fp32, grad_decay 0-dim or
+    None; in the layout the forward wrote h in, the incoming gradients brought to it."""
     T, N = h.shape[0], h[0].numel()
     device = h.device
-    grad_x = torch.empty(h.shape, dtype=x_dtype, device=device)
-    grad_v_init = torch.empty(h.shape[1:], dtype=torch.float32, device=device)
+    step = layout.saved_step_strides(h)
+    seq = layout.seq_strides(h.shape, step)
+    h = layout.as_layout(h, seq, torch.float32)
+    grad_x = layout.empty(h, h.shape, seq, x_dtype)
+    grad_v_init = layout.empty(h, h.shape[1:], step, torch.float32)
     grid = (-(-N // BLOCK),)  # ceil division in plain Python (triton.cdiv costs ~1.5 us on the host)
     grad_decay_partial = torch.empty(grid[0] if need_grad_decay else 1, dtype=torch.float64, device=device)
     if grad_spikes is not None:
-        grad_spikes = grad_spikes.contiguous()
+        grad_spikes = layout.as_layout(grad_spikes, seq, grad_spikes.dtype)
     if grad_v is not None:
-        grad_v = grad_v.contiguous()
+        grad_v = layout.as_layout(grad_v, seq if cfg.store_v_seq else step, grad_v.dtype)
+    if v_init is not None:
+        v_init = layout.as_layout(v_init, step, v_init.dtype)
     stride_t = N
     if need_grad_decay and cfg.decay_input:
-        x_seq, _, stride_t = _as_rows(x_seq)
+        x_seq, _, stride_t = _as_rows(x_seq, step)
     if N > 0:
         _lif_backward_kernel[grid](
             grad_spikes, grad_v, h, x_seq, v_init, decay,
@@ -334,6 +348,8 @@ class LIFTritonFunction(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_spikes, grad_v):
+        if torch.is_grad_enabled():  # create_graph=True
+            refuse_double_backward("triton")
         h, x_seq, v_init, decay = ctx.saved_tensors
         grad_x, grad_v_init, grad_decay = lif_backward_triton(
             grad_spikes, grad_v, h, x_seq, v_init, decay, ctx.cfg, ctx.x_dtype, ctx.need_grad_decay
@@ -381,7 +397,7 @@ def lif_backward_op(grad_spikes: Optional[torch.Tensor], grad_v: Optional[torch.
 
 torch.library.register_fake("tks_triton::lif_forward")(lif_forward_fake)
 torch.library.register_fake("tks_triton::lif_backward")(lif_backward_fake)
-register_lif_autograd("tks_triton::lif_forward", lif_backward_op)
+register_lif_autograd("tks_triton::lif_forward", lif_backward_op, "tks_triton::lif_backward", lambda h: "triton")
 
 
 def lif_triton(x_seq: torch.Tensor, v_init: Optional[torch.Tensor], decay: Optional[torch.Tensor], cfg: LIFConfig,
