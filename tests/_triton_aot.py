@@ -34,29 +34,44 @@ def compile_variant(name, fn, signature, constexprs, options, capability):
     ptx = kernel.asm["ptx"]
     counts = {op: ptx.count(op) for op in ("fma.rn.f32", "div.rn.f32", "div.full.f32", "div.approx.f32",
                                            "lg2.approx", "ex2.approx")}
+    # the spike count's rounding: + 2^23, then + -2^23 (tests/test_triton_aot.py)
+    counts["round_2_23"] = min(ptx.count("0f4B000000;"), ptx.count("0fCB000000;"))
     return {"name": name, "ptx": counts, "cubin_bytes": len(kernel.asm.get("cubin", b""))}
 
 
 def lif_variants(capability):
     opts = dict(num_warps=lif_triton.NUM_WARPS, **lif_triton.COMPILE_OPTIONS)
     fwd_sig = dict(x_ptr=F32, v_init_ptr=F32, decay_ptr=F32, spike_ptr=F32, v_ptr=F32, h_ptr=F32,
-                   T="i32", N="i64", stride_xt="i64", tau="fp32", v_threshold="fp32", v_r="fp32")
+                   T="i32", N="i64", stride_xt="i64", tau="fp32", v_threshold="fp32", v_r="fp32", count="fp32",
+                   count_decay="fp32")
     for leak in (0, 1, 2):
         yield compile_variant(
             f"lif_forward leak={leak}", lif_triton._lif_forward_kernel, fwd_sig,
             dict(HAS_V_INIT=True, LEAK=leak, DECAY_INPUT=True, SOFT_RESET=False, STORE_V_SEQ=False, SAVE_H=True,
-                 BLOCK=lif_triton.BLOCK, NUM_STAGES=lif_triton.NUM_STAGES), opts, capability)
+                 COUNT=False, BLOCK=lif_triton.BLOCK, NUM_STAGES=lif_triton.NUM_STAGES), opts, capability)
+    for leak in (1, 2):  # integer spike counts (I-LIF)
+        yield compile_variant(
+            f"lif_forward count leak={leak}", lif_triton._lif_forward_kernel, fwd_sig,
+            dict(HAS_V_INIT=True, LEAK=leak, DECAY_INPUT=False, SOFT_RESET=True, STORE_V_SEQ=False, SAVE_H=True,
+                 COUNT=True, BLOCK=lif_triton.BLOCK, NUM_STAGES=lif_triton.NUM_STAGES), opts, capability)
     bwd_sig = dict(grad_spike_ptr=F32, grad_v_ptr=F32, h_ptr=F32, x_ptr=F32, v_init_ptr=F32, decay_ptr=F32,
                    grad_x_ptr=F32, grad_v_init_ptr=F32, grad_decay_partial_ptr="*fp64",
                    T="i32", N="i64", stride_xt="i64", last_row="i64", last_x_row="i64",
-                   tau="fp32", v_threshold="fp32", v_r="fp32", alpha="fp32")
+                   tau="fp32", v_threshold="fp32", v_r="fp32", alpha="fp32", count="fp32", count_decay="fp32",
+                   grad_min="fp32", grad_max="fp32")
     for surrogate, (sid, _) in SURROGATES.items():
         leak = 2 if surrogate == "sigmoid" else 1  # one learnable leak: the fp64 in-launch reduction
         yield compile_variant(
             f"lif_backward surrogate={surrogate} leak={leak}", lif_triton._lif_backward_kernel, bwd_sig,
             dict(HAS_GRAD_SPIKE=True, HAS_GRAD_V=True, HAS_V_INIT=True, LEAK=leak, DECAY_INPUT=True,
                  SOFT_RESET=False, DETACH_RESET=False, SURROGATE=sid, STORE_V_SEQ=False, GRAD_DECAY=leak == 2,
-                 BLOCK=lif_triton.BLOCK, NUM_STAGES=lif_triton.NUM_STAGES), opts, capability)
+                 COUNT=False, BLOCK=lif_triton.BLOCK, NUM_STAGES=lif_triton.NUM_STAGES), opts, capability)
+    for leak in (1, 2):  # integer spike counts, the learnable leak's reduction with leak=2
+        yield compile_variant(
+            f"lif_backward count leak={leak}", lif_triton._lif_backward_kernel, bwd_sig,
+            dict(HAS_GRAD_SPIKE=True, HAS_GRAD_V=True, HAS_V_INIT=True, LEAK=leak, DECAY_INPUT=False,
+                 SOFT_RESET=True, DETACH_RESET=False, SURROGATE=0, STORE_V_SEQ=False, GRAD_DECAY=leak == 2,
+                 COUNT=True, BLOCK=lif_triton.BLOCK, NUM_STAGES=lif_triton.NUM_STAGES), opts, capability)
 
 
 def loss_variants(capability):

@@ -63,7 +63,8 @@ def leak_grad_scale(x, v_init, leak_kw, seed=1, **kw):
     x64, v64, leak64 = as_fp64(x, v_init, leak_kw)
     (name, leaf), = leak64.items()
     opts = {k: kw.get(k, d) for k, d in dict(v_threshold=1.0, v_reset=0.0, decay_input=True, detach_reset=False,
-                                              surrogate="sigmoid", alpha=None, store_v_seq=False).items()}
+                                              surrogate="sigmoid", alpha=None, store_v_seq=False,
+                                              max_spike_count=None, grad_window=None).items()}
     cfg, _ = parse_lif_args(x, v_init, 2.0, torch.tensor(0.5, device=x.device), allow_float64=True, **opts)
     decay0 = (1 / leaf if name == "tau" else leaf).detach()
     per_neuron = decay0.expand(x.shape[1:]).clone().requires_grad_()
@@ -77,12 +78,13 @@ def leak_grad_scale(x, v_init, leak_kw, seed=1, **kw):
     return grad.abs().sum().item() * chain
 
 
-def check_low_precision(backend, shape, dtype, device, leak, store_v_seq):
+def check_low_precision(backend, shape, dtype, device, leak, store_v_seq, **options):
     """fp16/bf16 ``x`` on ``backend``; state is fp32: spikes equal the reference on the upcast
-    input; grad_x equals the fp32 reference's up to one rounding to the input dtype."""
+    input; grad_x equals the fp32 reference's up to one rounding to the input dtype. ``options``
+    replace the default neuron options (count firing)."""
     x, v_init, leak_kw = make_case(shape, dtype, device, leak)
     x32 = x.detach().float().requires_grad_()
-    kw = dict(v_threshold=0.6, surrogate="atan", store_v_seq=store_v_seq)
+    kw = dict(options or dict(v_threshold=0.6, surrogate="atan"), store_v_seq=store_v_seq)
     s_ref, v_ref, g_ref = run("reference", x32, v_init, leak_kw, weight_dtype=dtype, **kw)
     s, v, g = run(backend, x, v_init, leak_kw, **kw)
     assert s.dtype == dtype and v.dtype == torch.float32
@@ -95,22 +97,23 @@ def check_low_precision(backend, shape, dtype, device, leak, store_v_seq):
         assert_rel_close(g[i], g_ref[i], TOL, f"grad[{i}]", floor=floor)
 
 
-def check_64bit_offsets(backend):
+def check_64bit_offsets(backend, **options):
     """T * N > 2**31 on CUDA: the last neurons (which need 64-bit offsets) match the reference run
-    on them alone (neurons are independent)."""
+    on them alone (neurons are independent). ``options``: the neuron's (default v_threshold=0.5)."""
+    options = options or dict(v_threshold=0.5)
     T, N = 9, 2**28 + 1000
     x = torch.randn(T, N, device="cuda", dtype=torch.bfloat16)
-    s, v = lif_multistep(x, backend=backend, v_threshold=0.5)
+    s, v = lif_multistep(x, backend=backend, **options)
     tail = x[:, -5000:].contiguous()
-    s_ref, v_ref = lif_multistep_reference(tail, v_threshold=0.5)
+    s_ref, v_ref = lif_multistep_reference(tail, **options)
     assert_equal(s[:, -5000:], s_ref, "spikes")
     assert_rel_close(v[-5000:], v_ref, TOL, "v")
     del s, v
     xg = x.requires_grad_()
-    s, v = lif_multistep(xg, backend=backend, v_threshold=0.5)
+    s, v = lif_multistep(xg, backend=backend, **options)
     (gx,) = torch.autograd.grad(v.sum(), xg)
     tail_g = tail.float().requires_grad_()
-    _, v_ref = lif_multistep_reference(tail_g, v_threshold=0.5)
+    _, v_ref = lif_multistep_reference(tail_g, **options)
     (gx_ref,) = torch.autograd.grad(v_ref.sum(), tail_g)
     assert_within_one_rounding(gx[:, -5000:], gx_ref, "grad_x")
 
@@ -649,3 +652,292 @@ def test_triton_on_cpu_without_interpreter_says_how(monkeypatch):
 def test_auto_backend_on_cpu_runs():
     s, v = lif_multistep(torch.ones(3, 4))
     assert s.shape == (3, 4) and v.shape == (4,)
+
+
+# ---------------------------------------------------------------- integer spike counts (I-LIF)
+
+def count_options(D, window="default", v_threshold=None, detach_reset=False):
+    """lif_multistep options of count firing with max spike count D; ``window`` default (0, D),
+    wider or narrower than it."""
+    grad_window = {"default": None, "wider": (-0.5, D + 1.0), "narrower": (0.5, max(D - 0.5, 0.75))}[window]
+    return dict(v_reset=None, decay_input=False, max_spike_count=D, grad_window=grad_window, detach_reset=detach_reset,
+                v_threshold=v_threshold if v_threshold is not None else (0.25 if D > 4 else 0.7))
+
+
+# every D, leak and detach_reset; the windows and store_v_seq cycle through them
+COUNT_GRID = [(D, leak, detach, ["default", "wider", "narrower"][i % 3], (i // 3) % 2 == 1)
+              for i, (D, leak, detach) in enumerate(itertools.product([1, 2, 4, 15], LEAKS, [False, True]))]
+COUNT_IDS = [f"D{D}-{leak}-det{int(det)}-{w}-seq{int(seq)}" for D, leak, det, w, seq in COUNT_GRID]
+
+
+def check_count_case(backend, device, D, leak, detach, window, store_v_seq, shape=(6, 3, 211)):
+    x, v_init, leak_kw = make_case(shape, torch.float32, device, leak, scale=2.0)
+    kw = count_options(D, window, detach_reset=detach)
+    counts = compare(x, v_init, leak_kw, backend=backend, store_v_seq=store_v_seq, **kw)
+    # the case exercises the levels, saturation and the window's both sides
+    assert counts.min() == 0 and counts.max() == D and len(counts.unique()) == D + 1, counts.unique()
+    assert torch.equal(counts, counts.round())
+    return counts
+
+
+@pytest.mark.parametrize("D,leak,detach,window,store_v_seq", COUNT_GRID, ids=COUNT_IDS)
+def test_triton_counts_match_reference(device, D, leak, detach, window, store_v_seq):
+    check_count_case("triton", device, D, leak, detach, window, store_v_seq)
+
+
+@pytest.mark.parametrize("T", [1, 2, 37])
+def test_triton_counts_lengths(device, T):
+    for leak in ["lif", "decay_tensor"] if T < 37 else ["decay_tensor"]:
+        x, v_init, leak_kw = make_case((T, 1531), torch.float32, device, leak, scale=2.0)
+        compare(x, v_init, leak_kw, backend="triton", **count_options(4))
+
+
+@pytest.mark.parametrize("shape", [(4, 7), (3, 2, 3, 5, 7), (5, 1), (4, 2049)])
+def test_triton_counts_shapes(device, shape):
+    x, v_init, leak_kw = make_case(shape, torch.float32, device, "lif", scale=2.0)
+    compare(x, v_init, leak_kw, backend="triton", **count_options(3))
+
+
+def check_counts_non_contiguous(backend, device):
+    base = torch.randn(40, 6, 30, device=device) * 2.0
+    for x in (base[::2], base.permute(1, 0, 2), base[:, :, 3:17]):
+        for leak in ["lif", "decay_tensor"]:
+            _, _, leak_kw = make_case(tuple(x.shape), torch.float32, device, leak)
+            kw = count_options(4, "wider")
+            s_ref, v_ref, g_ref = run("reference", x.contiguous().requires_grad_(), None, leak_kw, **kw)
+            s, v, g = run(backend, x.detach().requires_grad_(), None, leak_kw, **kw)
+            assert_equal(s, s_ref, "counts")
+            assert_rel_close(v, v_ref, TOL, "v")
+            for i, (a, b) in enumerate(zip(g, g_ref)):
+                floor = leak_grad_scale(x.contiguous(), None, leak_kw, **kw) if a.dim() == 0 else 0.0
+                assert_rel_close(a, b, TOL, f"grad[{i}]", floor=floor)
+
+
+def test_triton_counts_non_contiguous(device):
+    check_counts_non_contiguous("triton", device)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("leak", ["lif", "decay_tensor"])
+def test_triton_counts_low_precision(device, dtype, leak):
+    check_low_precision("triton", (7, 2, 333), dtype, device, leak, leak == "lif", **count_options(15))
+
+
+def check_count_ties_and_saturation(backend, device):
+    """Exact ties H / v_threshold = 0.5, 1.5, 2.5, 3.5 round half to even (0, 2, 2, 4), counts
+    saturate at D and at 0, and the window's ends are inside: dC/dH = 1 / v_threshold at
+    H / v_threshold = grad_min and = grad_max, 0 one float beyond. IF, one step (H = X); with
+    v_threshold 1 (an exact reciprocal) and 0.75 (a division): the values are exact in fp32."""
+    scaled = torch.tensor([0.5, 1.5, 2.5, 3.5, 7.25, -1.0, 0.0, 1.0, 4.0, 0.25, 2.75])
+    expected = torch.tensor([0.0, 2.0, 2.0, 4.0, 4.0, 0.0, 0.0, 1.0, 4.0, 0.0, 3.0])
+    lo, hi = 0.25, 2.75
+    above, below = torch.nextafter(torch.tensor(hi), torch.tensor(9.0)), torch.nextafter(torch.tensor(lo), torch.tensor(-9.0))
+    for th in [1.0, 0.75]:
+        x = torch.cat([scaled, torch.stack([above, below])]) * th
+        assert torch.equal(x / th, torch.cat([scaled, torch.stack([above, below])])), "inputs must be exact"
+        x = x.reshape(1, -1).to(device).requires_grad_()
+        kw = dict(tau=None, v_reset=None, decay_input=False, max_spike_count=4, v_threshold=th, grad_window=(lo, hi),
+                  detach_reset=True)
+        for b in ["reference", backend]:
+            fn = lif_multistep_reference if b == "reference" else lambda *a, **k: lif_multistep(*a, backend=backend, **k)
+            c, v = fn(x, **kw)
+            assert_equal(c[0, :11].cpu(), expected, f"{b} counts, v_threshold={th}")
+            assert_equal(v.cpu(), (x[0] - c[0] * th).detach().cpu(), f"{b} v")
+            (gx,) = torch.autograd.grad(c.sum(), x)
+            inside = torch.cat([(scaled >= lo) & (scaled <= hi), torch.tensor([False, False])])
+            assert_equal(gx[0].cpu(), torch.where(inside, torch.tensor(1.0) / th, 0.0), f"{b} dC/dH, v_threshold={th}")
+
+
+def test_triton_count_ties_and_saturation(device):
+    check_count_ties_and_saturation("triton", device)
+
+
+def test_count_reference_carries_state():
+    """Two steps by hand: H = (1 - 1/tau) V + X with 1 - 1/tau rounded to fp32 once."""
+    tau, th = 1.7, 0.6
+    x = torch.tensor([[1.0], [0.45]])
+    c, v = lif_multistep_reference(x, tau=tau, v_reset=None, decay_input=False, max_spike_count=3, v_threshold=th,
+                                   store_v_seq=True)
+    decay = torch.tensor(1.0 - 1.0 / tau, dtype=torch.float32)  # the Python double, rounded once
+    h0 = x[0]
+    c0 = torch.round(h0 / torch.tensor(th))
+    v0 = h0 - c0 * torch.tensor(th)
+    h1 = decay * v0 + x[1]
+    assert c[0].item() == 2.0 and c[1].item() == torch.round(h1 / torch.tensor(th)).item()
+    assert_equal(v, torch.stack([v0, h1 - c[1] * torch.tensor(th)]), "v")
+
+
+SJ_COUNT_CASES = [  # tau, v_threshold, D, grad_window, detach_reset
+    (4 / 3, 1.0, 4, None, False),
+    (1.7, 0.7, 3, (0.5, 2.0), True),
+    (2.9, 0.37, 15, (-1.0, 20.0), False),
+    (1.05, 1.3, 1, None, True),
+    (5.0, 0.5, 7, (0.0, 3.5), False),
+]
+
+
+@pytest.mark.parametrize("case", range(len(SJ_COUNT_CASES)))
+def test_reference_and_triton_counts_match_spikingjelly(device, case):
+    check_counts_against_spikingjelly(SJ_COUNT_CASES[case], ["reference", "triton"], device)
+
+
+def check_counts_against_spikingjelly(case, backends, device="cpu"):
+    """spikingjelly 2.0.0's ILIFNode (step_mode='m': its registered ILIF op; on the CPU its
+    reference, autograd through it), two calls carrying the state, against two calls of each
+    backend (v_init = the last v): counts exactly, v_seq bit for bit in fp32 and within TOL, the
+    gradient of x within TOL."""
+    tau, th, D, window, detach = case
+    torch.manual_seed(100 + D)
+    node = sj.ILIFNode(tau=tau, v_threshold=th, surrogate_function=sj_surrogate.MultiLevelSpikeCount(D, grad_window=window),
+                       detach_reset=detach, step_mode="m", store_v_seq=True)
+    x = (torch.randn(6, 3, 97) * (D / 2 + 1) * th + 0.5 * th).requires_grad_()
+    sj_out, sj_vseq = [], []
+    for _ in range(2):
+        sj_out.append(node(x))
+        sj_vseq.append(node.v_seq)
+    assert len(sj_out[1].unique()) > 1 and sj_out[1].max() == D, "the case must reach several levels and saturate"
+    w1, w2 = torch.randn_like(x), torch.randn_like(x)
+    sj_loss = (sj_out[0] * w1).sum() + (sj_out[1] * w2).sum() + (sj_vseq[0] ** 2).sum() + (sj_vseq[1] ** 2).sum()
+    (sj_grad,) = torch.autograd.grad(sj_loss, x)
+    opts = dict(tau=tau, v_threshold=th, v_reset=None, decay_input=False, max_spike_count=D, grad_window=window,
+                detach_reset=detach, store_v_seq=True)
+    for backend in backends:
+        fn = lif_multistep_reference if backend == "reference" else lambda *a, **k: lif_multistep(*a, backend=backend, **k)
+        dev = device if backend in ("triton", "cuda") else "cpu"
+        xd = x.detach().to(dev).requires_grad_()
+        s1, vs1 = fn(xd, None, **opts)
+        s2, vs2 = fn(xd, vs1[-1], **opts)
+        for i, (s, vs) in enumerate([(s1, vs1), (s2, vs2)]):
+            assert_equal(s.cpu(), sj_out[i].detach(), f"{backend} counts, call {i + 1}")
+            assert_equal(vs.cpu(), sj_vseq[i].detach(), f"{backend} v_seq, call {i + 1} (bit for bit)")
+        loss = (s1 * w1.to(dev)).sum() + (s2 * w2.to(dev)).sum() + (vs1**2).sum() + (vs2**2).sum()
+        (grad,) = torch.autograd.grad(loss, xd)
+        assert_rel_close(grad.cpu(), sj_grad, TOL, f"{backend} grad_x")
+
+
+def test_counts_bad_input_raises_before_any_kernel(monkeypatch):
+    """Every option that has no meaning with counts is a ValueError naming the argument, raised
+    by the argument checks (the dispatch to a kernel is never reached)."""
+    import tks_kernels.lif as lif
+
+    monkeypatch.setattr(lif, "_dispatch", lambda *a, **k: pytest.fail("a kernel was dispatched"))
+    ok = dict(tau=4 / 3, v_reset=None, decay_input=False, max_spike_count=4)
+    cases = [
+        (dict(max_spike_count=0), "max_spike_count must be an integer from 1 to 2\\*\\*24"),
+        (dict(max_spike_count=-2), "max_spike_count must be an integer"),
+        (dict(max_spike_count=2.5), "max_spike_count must be an integer"),
+        (dict(max_spike_count=4.0), "max_spike_count must be an integer"),
+        (dict(max_spike_count=True), "max_spike_count must be an integer"),
+        (dict(max_spike_count="4"), "max_spike_count must be an integer"),
+        (dict(max_spike_count=2**24 + 1), "max_spike_count must be an integer"),
+        (dict(v_reset=0.0), "pass v_reset=None"),
+        (dict(v_reset=-0.5), "pass v_reset=None"),
+        (dict(decay_input=True), "pass decay_input=False"),
+        (dict(surrogate="atan"), "leave surrogate and alpha at their defaults"),
+        (dict(alpha=4.0), "leave surrogate and alpha at their defaults"),
+        (dict(grad_window=(2.0, 1.0)), "min > max"),
+        (dict(grad_window=(0.0, float("inf"))), "grad_window\\[1\\] must be finite"),
+        (dict(grad_window=(float("nan"), 1.0)), "grad_window\\[0\\] must be finite"),
+        (dict(grad_window=(1.0,)), "grad_window must be a pair"),
+        (dict(grad_window="01"), "grad_window must be a pair"),
+        (dict(grad_window=(0.0, "4")), "grad_window must be a pair of numbers"),
+        (dict(tau=1.0), "tau must be > 1"),
+        (dict(tau=0.5), "tau must be > 1"),
+        (dict(tau=torch.tensor(0.9)), "tau must be > 1"),
+        (dict(v_threshold=0.0), "needs v_threshold > 0"),
+        (dict(v_threshold=-1.0), "needs v_threshold > 0"),
+        (dict(max_spike_count=None, grad_window=(0.0, 1.0)), "pass max_spike_count=D too"),
+    ]
+    for change, match in cases:
+        for backend in ["auto", "torch", "cpp", "triton"]:
+            with pytest.raises(ValueError, match=match):
+                lif_multistep(torch.ones(3, 4), **{**ok, **change}, backend=backend)
+        with pytest.raises(ValueError, match=match):
+            lif_multistep_reference(torch.ones(3, 4), **{**ok, **change})
+    # and the valid ones pass the checks (numpy integers count as integers)
+    import numpy as np
+
+    for change in [dict(), dict(max_spike_count=np.int64(3)), dict(grad_window=(0, 4)), dict(tau=None),
+                   dict(decay=torch.tensor(0.5)), dict(tau=torch.tensor(1.5))]:
+        args = {**ok, **change}
+        if "decay" in change:
+            del args["tau"]
+        with pytest.raises(pytest.fail.Exception, match="a kernel was dispatched"):
+            lif_multistep(torch.ones(3, 4), **args)
+
+
+def check_count_saved_bytes(backend, device):
+    """What the count neuron saves for backward: one fp32 [T, *] (H), as the binary neuron."""
+    x = torch.randn(5, 3, 64, device=device, requires_grad=True)
+    saved = []
+
+    def pack(t):
+        saved.append(t)
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        s, v = lif_multistep(x, tau=4 / 3, **count_options(4), backend=backend)
+    storages = {t.untyped_storage().data_ptr(): t.untyped_storage().nbytes() for t in saved
+                if t.untyped_storage().data_ptr() != x.untyped_storage().data_ptr()}
+    assert sum(storages.values()) == x.numel() * 4, storages
+    s.sum().backward()
+
+
+def test_triton_count_saved_bytes(device):
+    check_count_saved_bytes("triton", device)
+
+
+def test_triton_count_op_registration(device):
+    from tks_kernels.lif import triton as lif_triton  # noqa: F401 (registers the ops)
+
+    check_count_opcheck(torch.ops.tks_triton, device)
+
+
+def check_count_opcheck(ns, device):
+    x = torch.randn(5, 3, 17, device=device, requires_grad=True)
+    v_init = torch.randn(3, 17, device=device, requires_grad=True)
+    decay = torch.tensor(0.4, device=device, requires_grad=True)
+    # x_seq, v_init, decay, leak, tau, decay_input, v_threshold, v_reset, soft_reset, detach_reset,
+    # surrogate, alpha, store_v_seq, save_h, max_spike_count, grad_min, grad_max
+    torch.library.opcheck(ns.lif_forward.default,
+                          (x, v_init, None, 1, 4 / 3, False, 0.5, 0.0, True, False, 0, 4.0, False, True, 4, 0.0, 4.0))
+    torch.library.opcheck(ns.lif_forward.default,
+                          (x, v_init, decay, 2, 2.0, False, 0.3, 0.0, True, True, 0, 4.0, True, True, 15, -1.0, 9.0))
+    h = torch.randn(5, 3, 17, device=device) * 2
+    torch.library.opcheck(ns.lif_backward.default, (
+        torch.randn(5, 3, 17, device=device), torch.randn(3, 17, device=device), h, None, v_init.detach(),
+        decay.detach(), 2, 2.0, False, 0.5, 0.0, True, False, 0, 4.0, False, torch.float32, True, 4, 0.5, 3.0))
+
+
+def check_count_compile(backend, device):
+    """torch.compile(fullgraph=True) of Linear -> count neuron -> Linear: no graph break, values and
+    gradients (weights and a learnable tau) equal eager."""
+    torch.manual_seed(0)
+    lin1, lin2 = torch.nn.Linear(16, 24).to(device), torch.nn.Linear(24, 5).to(device)
+    tau = torch.tensor(1.6, device=device, requires_grad=True)
+
+    def model(x):
+        c, v = lif_multistep(lin1(x) * 3, tau=tau, backend=backend, **count_options(3, "wider"))
+        return lin2(c).mean(0), v
+
+    x = torch.randn(4, 3, 16, device=device)
+    params = [*lin1.parameters(), *lin2.parameters(), tau]
+    torch._dynamo.reset()
+    compiled = torch.compile(model, fullgraph=True, backend="aot_eager")
+    out = {}
+    for name, fn in [("eager", model), ("compiled", compiled)]:
+        o, v = fn(x)
+        out[name] = (o, v, torch.autograd.grad((o * o).sum() + v.sum(), params))
+    assert_equal(out["compiled"][0], out["eager"][0], "output")
+    assert_equal(out["compiled"][1], out["eager"][1], "v")
+    for i, (a, b) in enumerate(zip(out["compiled"][2], out["eager"][2])):
+        assert_rel_close(a, b, 1e-6, f"grad[{i}]")
+
+
+def test_triton_count_compile(device):
+    check_count_compile("triton", device)
+
+
+def test_triton_count_memory_format(device):
+    check_memory_format("triton", device, "channels_last_5d", **{k: v for k, v in count_options(3).items()
+                                                                  if k != "v_threshold"})

@@ -16,10 +16,12 @@ from tks_kernels.lif import SURROGATES, lif_multistep, lif_multistep_reference
 from tks_kernels.lif import config as lif_config
 
 from _utils import assert_equal, assert_rel_close
-from test_lif import (GRID, LAYOUTS, LEAKS, RESETS, SJ_GRID, TOL, check_backward_op_not_differentiable,
-                      check_compiled_double_backward_refused, check_double_backward_refused, check_low_precision,
-                      check_memory_format, check_reads_x_in_place, check_spikingjelly_agreement, compare,
-                      leak_grad_scale, make_case, run)
+from test_lif import (COUNT_GRID, COUNT_IDS, GRID, LAYOUTS, LEAKS, RESETS, SJ_COUNT_CASES, SJ_GRID, TOL,
+                      check_backward_op_not_differentiable, check_compiled_double_backward_refused, check_count_case,
+                      check_count_compile, check_count_opcheck, check_count_saved_bytes, check_count_ties_and_saturation,
+                      check_counts_against_spikingjelly, check_counts_non_contiguous, check_double_backward_refused,
+                      check_low_precision, check_memory_format, check_reads_x_in_place, check_spikingjelly_agreement,
+                      compare, count_options, leak_grad_scale, make_case, run)
 
 ROOT = Path(__file__).resolve().parents[1]
 CPP_REASON = _ext.load_reason("cpp")
@@ -172,15 +174,17 @@ def test_cpp_forward_is_bitwise_the_reference():
             assert_equal(v, v_ref, f"{leak} decay_input={decay_input} v")
 
 
-def test_cpp_leak_gradient_is_deterministic_across_thread_counts():
+@pytest.mark.parametrize("counts", [False, True], ids=["binary", "counts"])
+def test_cpp_leak_gradient_is_deterministic_across_thread_counts(counts):
     """The learnable leak's gradient is summed per chunk, then over chunks in order."""
     x, v_init, leak_kw = make_case((4, 3, 50000), torch.float32, CPU, "decay_tensor")
+    kw = count_options(4) if counts else dict(v_threshold=0.6)
     threads = torch.get_num_threads()
     grads = []
     try:
         for n in [1, 2, 1]:
             torch.set_num_threads(n)
-            grads.append(run("cpp", x, v_init, leak_kw, v_threshold=0.6)[2][2])
+            grads.append(run("cpp", x, v_init, leak_kw, **kw)[2][2])
     finally:
         torch.set_num_threads(threads)
     assert grads[0].item() == grads[1].item() == grads[2].item()
@@ -200,6 +204,14 @@ for dtype in [torch.float32, torch.bfloat16, torch.float16]:
         s, v = lif_multistep(x, decay=decay, v_threshold=0.5, surrogate=surrogate, store_v_seq=True, backend="cpp")
         gx, gd = torch.autograd.grad((s.float() * torch.randn(s.shape, generator=g)).sum() + v.sum(), [x, decay])
         out[(str(dtype), surrogate)] = (s, v, gx, gd)
+    for th in [1.0, 0.3]:  # spike counts: V_th a power of two (H * 1/V_th) and not (H / V_th)
+        g = torch.Generator().manual_seed(1)
+        x = (torch.randn(5, 3, 3001, generator=g) * 3).to(dtype).requires_grad_()
+        decay = torch.tensor(0.4, requires_grad=True)
+        s, v = lif_multistep(x, decay=decay, v_threshold=th, v_reset=None, decay_input=False, max_spike_count=7,
+                             grad_window=(0.5, 6.0), store_v_seq=True, backend="cpp")
+        gx, gd = torch.autograd.grad((s.float() * torch.randn(s.shape, generator=g)).sum() + v.sum(), [x, decay])
+        out[(str(dtype), f"count th={th}")] = (s, v, gx, gd)
 torch.save(out, sys.argv[1])
 """
 
@@ -235,6 +247,79 @@ def test_cpp_isa_builds_agree_bit_for_bit(tmp_path):
                          ids=[f"{k}-di{int(d)}-{'soft' if r is None else 'hard'}-det{int(dr)}-{s}" for k, d, r, dr, s in SJ_GRID])
 def test_cpp_matches_spikingjelly(kind, decay_input, v_reset, detach_reset, surrogate):
     check_spikingjelly_agreement(kind, decay_input, v_reset, detach_reset, surrogate, ["cpp"])
+
+
+# ---------------------------------------------------------------- integer spike counts (I-LIF)
+
+@pytest.mark.parametrize("D,leak,detach,window,store_v_seq", COUNT_GRID, ids=COUNT_IDS)
+def test_cpp_counts_match_reference(D, leak, detach, window, store_v_seq):
+    check_count_case("cpp", CPU, D, leak, detach, window, store_v_seq)
+
+
+@pytest.mark.parametrize("T", [1, 2, 37, 300])
+def test_cpp_counts_lengths(T):
+    for leak in ["lif", "decay_tensor"]:
+        x, v_init, leak_kw = make_case((T, 1531 if T < 100 else 67), torch.float32, CPU, leak, scale=2.0)
+        compare(x, v_init, leak_kw, backend="cpp", **count_options(4))
+
+
+# 4097: one neuron past the 4096-neuron chunk; 40000: many chunks, both threads
+@pytest.mark.parametrize("shape", [(4, 7), (3, 2, 3, 5, 7), (5, 1), (7,), (3, 4097), (3, 40000)])
+def test_cpp_counts_shapes(shape):
+    x, v_init, leak_kw = make_case(shape, torch.float32, CPU, "lif", with_v_init=len(shape) > 1, scale=2.0)
+    compare(x, v_init, leak_kw, backend="cpp", **count_options(3))
+    x, _, leak_kw = make_case(shape, torch.float32, CPU, "tau_tensor", scale=2.0)
+    compare(x, None, leak_kw, backend="cpp", store_v_seq=True, **count_options(2, "narrower"))
+
+
+def test_cpp_counts_non_contiguous():
+    check_counts_non_contiguous("cpp", CPU)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("leak", ["lif", "decay_tensor"])
+def test_cpp_counts_low_precision(dtype, leak):
+    check_low_precision("cpp", (7, 2, 333), dtype, CPU, leak, leak == "lif", **count_options(15))
+
+
+def test_cpp_count_ties_and_saturation():
+    check_count_ties_and_saturation("cpp", CPU)
+
+
+def test_cpp_counts_forward_is_bitwise_the_reference():
+    """fp32 counts and v equal the reference bit for bit, with V_th a power of two (the kernel
+    multiplies by its exact reciprocal) and not (it divides)."""
+    for leak in LEAKS:
+        for th in [0.5, 1.0, 0.3, 1.7]:
+            x, v_init, leak_kw = make_case((9, 4099), torch.float32, CPU, leak, scale=3.0)
+            kw = dict(count_options(5, v_threshold=th), store_v_seq=True)
+            with torch.no_grad():
+                s_ref, v_ref = lif_multistep_reference(x, v_init, **leak_kw, **kw)
+                s, v = lif_multistep(x, v_init, **leak_kw, **kw, backend="cpp")
+            assert_equal(s, s_ref, f"{leak} counts, v_threshold={th}")
+            assert_equal(v, v_ref, f"{leak} v, v_threshold={th}")
+
+
+@pytest.mark.parametrize("case", range(len(SJ_COUNT_CASES)))
+def test_cpp_counts_match_spikingjelly(case):
+    check_counts_against_spikingjelly(SJ_COUNT_CASES[case], ["cpp"])
+
+
+def test_cpp_count_saved_bytes():
+    check_count_saved_bytes("cpp", CPU)
+
+
+def test_cpp_count_opcheck():
+    check_count_opcheck(torch.ops.tks, CPU)
+
+
+def test_cpp_count_compile():
+    check_count_compile("cpp", CPU)
+
+
+def test_cpp_count_memory_format():
+    check_memory_format("cpp", CPU, "channels_last_5d", **{k: v for k, v in count_options(3).items()
+                                                             if k != "v_threshold"})
 
 
 # ---------------------------------------------------------------- backend choice
@@ -280,10 +365,11 @@ def test_cuda_backend_on_cpu_tensor_says_why():
 
 # ---------------------------------------------------------------- the torch ops
 
-def _forward_args(x, v_init=None, decay=None, leak=1, store_v_seq=False, save_h=True, surrogate=0):
+def _forward_args(x, v_init=None, decay=None, leak=1, store_v_seq=False, save_h=True, surrogate=0, max_spike_count=0):
     # x_seq, v_init, decay, leak, tau, decay_input, v_threshold, v_reset, soft_reset, detach_reset,
-    # surrogate, alpha, store_v_seq, save_h
-    return (x, v_init, decay, leak, 2.0, True, 0.5, 0.0, False, False, surrogate, 4.0, store_v_seq, save_h)
+    # surrogate, alpha, store_v_seq, save_h, max_spike_count, grad_min, grad_max
+    return (x, v_init, decay, leak, 2.0, True, 0.5, 0.0, False, False, surrogate, 4.0, store_v_seq, save_h,
+            max_spike_count, 0.0, float(max(max_spike_count, 0)))
 
 
 def test_surrogate_and_leak_ids_match_the_header():
@@ -374,6 +460,8 @@ def test_torch_compile_inductor():
     (dict(decay=torch.ones(2), leak=2), "one element"),
     (dict(surrogate=9), "surrogate id 9"),
     (dict(v_init=torch.zeros(4, device="meta")), "v_init is on meta"),
+    (dict(max_spike_count=-1), "max_spike_count must be 0"),
+    (dict(max_spike_count=4), "need soft_reset=True and decay_input=False"),
 ])
 def test_op_bad_input_raises_clear_error(change, match):
     kw = dict(x=torch.ones(3, 4))

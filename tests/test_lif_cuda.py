@@ -17,9 +17,11 @@ from tks_kernels import _ext
 from tks_kernels.lif import SURROGATES, lif_multistep
 
 from _utils import assert_equal, assert_rel_close
-from test_lif import (GRID, LAYOUTS, LEAKS, RESETS, TOL, check_64bit_offsets, check_backward_op_not_differentiable,
-                      check_compiled_double_backward_refused, check_double_backward_refused, check_low_precision,
-                      check_memory_format, compare, leak_grad_scale, make_case, run)
+from test_lif import (COUNT_GRID, COUNT_IDS, GRID, LAYOUTS, LEAKS, RESETS, SJ_COUNT_CASES, TOL, check_64bit_offsets,
+                      check_backward_op_not_differentiable, check_compiled_double_backward_refused, check_count_case,
+                      check_count_compile, check_count_opcheck, check_count_saved_bytes, check_count_ties_and_saturation,
+                      check_counts_against_spikingjelly, check_counts_non_contiguous, check_double_backward_refused,
+                      check_low_precision, check_memory_format, compare, count_options, leak_grad_scale, make_case, run)
 
 HAS_GPU = torch.cuda.is_available()
 needs_gpu = pytest.mark.skipif(not HAS_GPU, reason="needs a CUDA GPU (this machine has none): run on a GPU machine")
@@ -347,3 +349,98 @@ def test_cuda_wrong_device_mix_raises():
                     reason="64-bit offsets need T * N > 2**31 elements: a GPU with >= 40 GB")
 def test_cuda_64bit_offsets():
     check_64bit_offsets("cuda")
+
+
+# ---------------------------------------------------------------- integer spike counts (I-LIF), on a GPU
+
+@needs_gpu
+@pytest.mark.parametrize("D,leak,detach,window,store_v_seq", COUNT_GRID, ids=COUNT_IDS)
+def test_cuda_counts_match_reference(D, leak, detach, window, store_v_seq):
+    check_count_case("cuda", "cuda", D, leak, detach, window, store_v_seq)
+
+
+@needs_gpu
+@pytest.mark.parametrize("T", [1, 2, 37, 300])
+def test_cuda_counts_lengths(T):
+    for leak in ["lif", "decay_tensor"]:
+        x, v_init, leak_kw = make_case((T, 1532 if T < 100 else 68), torch.float32, "cuda", leak, scale=2.0)
+        compare(x, v_init, leak_kw, backend="cuda", **count_options(4))
+
+
+# N % 4 != 0 takes the one-neuron-per-thread path; 3 * 100000 spans many blocks of the reduction
+@needs_gpu
+@pytest.mark.parametrize("shape", [(4, 7), (3, 2, 3, 5, 7), (5, 1), (4, 2048), (4, 2049), (3, 3, 100000)])
+def test_cuda_counts_shapes(shape):
+    x, v_init, leak_kw = make_case(shape, torch.float32, "cuda", "lif", scale=2.0)
+    compare(x, v_init, leak_kw, backend="cuda", **count_options(3))
+    x, _, leak_kw = make_case(shape, torch.float32, "cuda", "tau_tensor", scale=2.0)
+    compare(x, None, leak_kw, backend="cuda", store_v_seq=True, **count_options(2, "narrower"))
+
+
+@needs_gpu
+def test_cuda_counts_non_contiguous():
+    check_counts_non_contiguous("cuda", "cuda")
+
+
+@needs_gpu
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("leak", ["lif", "decay_tensor"])
+def test_cuda_counts_low_precision(dtype, leak):
+    check_low_precision("cuda", (7, 2, 336), dtype, "cuda", leak, leak == "lif", **count_options(15))
+
+
+@needs_gpu
+def test_cuda_count_ties_and_saturation():
+    check_count_ties_and_saturation("cuda", "cuda")
+
+
+@needs_gpu
+@pytest.mark.parametrize("case", range(len(SJ_COUNT_CASES)))
+def test_cuda_counts_match_spikingjelly(case):
+    check_counts_against_spikingjelly(SJ_COUNT_CASES[case], ["cuda"], "cuda")
+
+
+@needs_gpu
+@pytest.mark.parametrize("leak", LEAKS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_cuda_counts_match_triton(leak, dtype):
+    """The same count arithmetic as the Triton kernels: counts and v bit for bit, gradients to rounding."""
+    x, v_init, leak_kw = make_case((9, 4, 1000), dtype, "cuda", leak, scale=2.0)
+    kw = dict(count_options(4, "wider"), store_v_seq=True)
+    s_t, v_t, g_t = run("triton", x, v_init, leak_kw, **kw)
+    s_c, v_c, g_c = run("cuda", x, v_init, leak_kw, **kw)
+    assert_equal(s_c, s_t, "counts")
+    assert_equal(v_c, v_t, "v")
+    for i, (a, b) in enumerate(zip(g_c, g_t)):
+        if a.dim() == 0:
+            assert_rel_close(a, b, TOL, f"grad[{i}]", floor=leak_grad_scale(x, v_init, leak_kw, **kw))
+        else:
+            assert_rel_close(a.float(), b.float(), 1e-6 if dtype == torch.float32 else 1e-2, f"grad[{i}]")
+
+
+@needs_gpu
+def test_cuda_count_saved_bytes():
+    check_count_saved_bytes("cuda", "cuda")
+
+
+@needs_gpu
+def test_cuda_count_opcheck():
+    check_count_opcheck(torch.ops.tks, "cuda")
+
+
+@needs_gpu
+def test_cuda_count_compile():
+    check_count_compile("cuda", "cuda")
+
+
+@needs_gpu
+def test_cuda_count_memory_format():
+    check_memory_format("cuda", "cuda", "channels_last_5d", **{k: v for k, v in count_options(3).items()
+                                                                if k != "v_threshold"})
+
+
+@pytest.mark.skipif(not HAS_GPU or torch.cuda.get_device_properties(0).total_memory < 40e9,
+                    reason="64-bit offsets need T * N > 2**31 elements: a GPU with >= 40 GB")
+@pytest.mark.parametrize("backend", ["cuda", "triton"])
+def test_counts_64bit_offsets(backend):
+    check_64bit_offsets(backend, tau=4 / 3, **count_options(4, v_threshold=0.5))

@@ -56,6 +56,17 @@ def test_divisions_rounded_to_nearest(variants):
     assert any(v["ptx"]["div.rn.f32"] for v in variants if v["name"] == "lif_forward leak=1")
 
 
+def test_spike_count_rounding_survives(variants):
+    """The counts round with (y + 2^23) - 2^23 (adds of 0f4B000000 and 0fCB000000 in PTX), which a
+    compiler allowed to reassociate would fold to y: the forward and the backward that recomputes
+    V[t-1] (learnable leak) keep it; every count variant divides H / v_threshold correctly rounded."""
+    count = {v["name"]: v["ptx"] for v in variants if " count " in v["name"]}
+    assert len(count) == 4, [v["name"] for v in variants]
+    assert all(ptx["div.rn.f32"] for ptx in count.values()), count
+    rounds = [name for name, ptx in count.items() if ptx["round_2_23"]]
+    assert sorted(rounds) == ["lif_backward count leak=2", "lif_forward count leak=1", "lif_forward count leak=2"], count
+
+
 def test_loss_log_is_libdevice(variants):
     """The TKS and KD loss kernels take log from libdevice (tks_kernels/_softmax_triton.py), not the
     lg2.approx hardware approximation (libdevice's exp itself uses ex2.approx after its own range

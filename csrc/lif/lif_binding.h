@@ -61,7 +61,8 @@ inline void check_float(const char* op, const char* name, const at::Tensor& t) {
 }
 
 inline LIFParams make_params(int64_t leak, double tau, bool decay_input, double v_threshold, double v_reset,
-                             bool soft_reset, bool detach_reset, int64_t surrogate, double alpha, bool store_v_seq) {
+                             bool soft_reset, bool detach_reset, int64_t surrogate, double alpha, bool store_v_seq,
+                             int64_t max_spike_count, double grad_min, double grad_max) {
   const char* op = "tks::lif";
   TORCH_CHECK(leak == kLeakIF || leak == kLeakDiv || leak == kLeakMul, op,
               ": leak must be 0 (IF), 1 (float tau) or 2 (decay tensor), got ", leak);
@@ -82,6 +83,24 @@ inline LIFParams make_params(int64_t leak, double tau, bool decay_input, double 
   p.v_threshold = static_cast<float>(v_threshold);
   p.v_reset = soft_reset ? 0.0f : static_cast<float>(v_reset);
   p.alpha = static_cast<float>(alpha);
+  TORCH_CHECK(max_spike_count >= 0 && max_spike_count <= (int64_t{1} << 24), op,
+              ": max_spike_count must be 0 (binary spikes) or from 1 to 2^24, got ", max_spike_count);
+  p.max_spike_count = max_spike_count;
+  p.count = static_cast<float>(max_spike_count);
+  p.count_decay = 1.0f;
+  p.grad_min = p.grad_max = p.inv_threshold = 0.0f;
+  if (max_spike_count > 0) {
+    TORCH_CHECK(soft_reset && !decay_input, op, ": spike counts (max_spike_count > 0) need soft_reset=True and "
+                "decay_input=False");
+    TORCH_CHECK(v_threshold > 0.0, op, ": spike counts need v_threshold > 0, got ", v_threshold);
+    TORCH_CHECK(std::isfinite(grad_min) && std::isfinite(grad_max) && grad_min <= grad_max, op,
+                ": the gradient window must be finite with grad_min <= grad_max, got [", grad_min, ", ", grad_max, "]");
+    // spikingjelly's reference: the Python float 1 - 1/tau (double), rounded to fp32 by the tensor-scalar product
+    if (leak == kLeakDiv) p.count_decay = static_cast<float>(1.0 - 1.0 / tau);
+    p.grad_min = static_cast<float>(grad_min);
+    p.grad_max = static_cast<float>(grad_max);
+    p.inv_threshold = 1.0f / p.v_threshold;
+  }
   return p;
 }
 
@@ -364,15 +383,16 @@ template <typename Launch>
 TensorTriple lif_forward_impl(c10::DeviceType kernel, const at::Tensor& x_seq, const std::optional<at::Tensor>& v_init,
                               const std::optional<at::Tensor>& decay, int64_t leak, double tau, bool decay_input,
                               double v_threshold, double v_reset, bool soft_reset, bool detach_reset,
-                              int64_t surrogate, double alpha, bool store_v_seq, bool save_h, Launch launch) {
+                              int64_t surrogate, double alpha, bool store_v_seq, bool save_h, int64_t max_spike_count,
+                              double grad_min, double grad_max, Launch launch) {
   const char* op = "tks::lif_forward";
   const at::Device device = x_seq.device();
   check_device(op, "x_seq", x_seq, device, kernel);
   const DType dtype = check_io_dtype(op, "x_seq", x_seq.scalar_type());
   TORCH_CHECK(x_seq.dim() >= 1 && x_seq.size(0) >= 1, op, ": x_seq must have shape [T, *] with T >= 1, got ",
               x_seq.sizes());
-  const LIFParams p =
-      make_params(leak, tau, decay_input, v_threshold, v_reset, soft_reset, detach_reset, surrogate, alpha, store_v_seq);
+  const LIFParams p = make_params(leak, tau, decay_input, v_threshold, v_reset, soft_reset, detach_reset, surrogate,
+                                  alpha, store_v_seq, max_spike_count, grad_min, grad_max);
   const at::IntArrayRef step_shape = x_seq.sizes().slice(1);
   const StepLayout layout = step_layout(x_seq);
   const auto v0 = state_fp32(op, "v_init", v_init, step_shape, layout, device, kernel);
@@ -408,7 +428,8 @@ TensorTriple lif_backward_impl(c10::DeviceType kernel, const std::optional<at::T
                                const std::optional<at::Tensor>& decay, int64_t leak, double tau, bool decay_input,
                                double v_threshold, double v_reset, bool soft_reset, bool detach_reset,
                                int64_t surrogate, double alpha, bool store_v_seq, at::ScalarType x_dtype,
-                               bool need_grad_decay, Launch launch) {
+                               bool need_grad_decay, int64_t max_spike_count, double grad_min, double grad_max,
+                               Launch launch) {
   const char* op = "tks::lif_backward";
   const at::Device device = h.device();
   check_device(op, "h", h, device, kernel);
@@ -416,8 +437,8 @@ TensorTriple lif_backward_impl(c10::DeviceType kernel, const std::optional<at::T
   TORCH_CHECK(h.dim() >= 1 && h.size(0) >= 1, op, ": h must have shape [T, *] with T >= 1, got ", h.sizes(),
               " (was the forward called with save_h=False?)");
   const DType dtype = check_io_dtype(op, "x_dtype", x_dtype);
-  const LIFParams p =
-      make_params(leak, tau, decay_input, v_threshold, v_reset, soft_reset, detach_reset, surrogate, alpha, store_v_seq);
+  const LIFParams p = make_params(leak, tau, decay_input, v_threshold, v_reset, soft_reset, detach_reset, surrogate,
+                                  alpha, store_v_seq, max_spike_count, grad_min, grad_max);
   const at::IntArrayRef step_shape = h.sizes().slice(1);
   // the forward wrote h in its layout; the gradients (and x, v_init) are brought to it
   const StepLayout layout = saved_layout(h);

@@ -15,6 +15,7 @@
 #include <omp.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstdint>
 #include <cstring>
 #include <vector>
@@ -170,6 +171,41 @@ void forward_chunk(const LIFParams& p, const LIFForwardArgs& a, float decay, int
   if (!store_v_seq) std::copy(v_local, v_local + len, a.v_out + n0);
 }
 
+// I-LIF (integer spike counts): the same walk over time as forward_chunk. EXACT_INV: V_th is a power
+// of two, so H * (1 / V_th) is H / V_th exactly (one product for a division; V_th = 1 by default).
+template <typename IO, int LEAK, bool EXACT_INV>
+void count_forward_chunk(const LIFParams& p, const LIFForwardArgs& a, float decay, int64_t n0, int64_t len) {
+  using elem = typename IO::elem;
+  alignas(64) float v_local[kChunk];
+  alignas(64) float h_local[kChunk];
+  const float v_th = p.v_threshold, inv_th = p.inv_threshold, count = p.count;
+  const bool store_v_seq = p.store_v_seq;
+  if (a.v_init != nullptr) {
+    std::copy(a.v_init + n0, a.v_init + n0 + len, v_local);
+  } else {
+    std::fill(v_local, v_local + len, 0.0f);
+  }
+  const elem* x_base = static_cast<const elem*>(a.x);
+  elem* spikes_base = static_cast<elem*>(a.spikes);
+  for (int64_t t = 0; t < a.T; ++t) {
+    const int64_t row = t * a.N + n0;
+    const elem* x = x_base + t * a.x_stride_t + n0;
+    elem* spikes = spikes_base + row;
+    float* h = a.h != nullptr ? a.h + row : h_local;
+    const float* v_prev = store_v_seq && t > 0 ? a.v_out + row - a.N : v_local;
+    float* v_next = store_v_seq ? a.v_out + row : v_local;
+#pragma omp simd
+    for (int64_t i = 0; i < len; ++i) {
+      const float hi = count_charge(LEAK, v_prev[i], IO::load(x[i]), decay);
+      const float c = spike_count(EXACT_INV ? hi * inv_th : hi / v_th, count);
+      h[i] = hi;
+      spikes[i] = IO::store(c);
+      v_next[i] = hi - c * v_th;
+    }
+  }
+  if (!store_v_seq) std::copy(v_local, v_local + len, a.v_out + n0);
+}
+
 // Returns the chunk's sum of the learnable leak's gradient (0 when a.grad_decay is nullptr).
 template <typename IO, int SURROGATE>
 double backward_chunk(const LIFParams& p, const LIFBackwardArgs& a, float decay, int64_t n0, int64_t len) {
@@ -280,6 +316,149 @@ double backward_chunk(const LIFParams& p, const LIFBackwardArgs& a, float decay,
   return sum;
 }
 
+// I-LIF backward: gh = gs * dC/dH + gv * dV/dH (dV/dH = 1 - V_th * dC/dH, or 1 with detach_reset),
+// grad_x = gh, dL/dV[t-1] = gh * decay; the learnable leak's factor dH/d(decay_tensor) = -V[t-1].
+// PLAIN: spike gradients present, no per-step v gradient, no learnable leak (the common case:
+// no zero buffers to read, no gh buffer).
+template <typename IO, bool EXACT_INV, bool PLAIN>
+double count_backward_chunk(const LIFParams& p, const LIFBackwardArgs& a, float decay, int64_t n0, int64_t len) {
+  using elem = typename IO::elem;
+  alignas(64) float gv_next[kChunk];
+  alignas(64) float gh_local[kChunk];
+  alignas(64) float zeros_f[kChunk];
+  alignas(64) elem zeros_e[kChunk];
+  alignas(64) float v0[kChunk];
+  alignas(64) double acc[kChunk];
+  const float v_th = p.v_threshold, inv_th = p.inv_threshold, count = p.count;
+  const float lo = p.grad_min, hi_w = p.grad_max;
+  const float th_reset = p.detach_reset ? 0.0f : v_th;  // 1 - 0 * g == 1 exactly
+  const bool grad_decay = a.grad_decay != nullptr;
+  const bool grad_v_seq = a.grad_v != nullptr && p.store_v_seq;
+  if (!PLAIN) {
+    std::fill(zeros_f, zeros_f + len, 0.0f);
+    std::fill(zeros_e, zeros_e + len, IO::store(0.0f));
+  }
+  if (a.grad_v != nullptr && !p.store_v_seq) {
+    std::copy(a.grad_v + n0, a.grad_v + n0 + len, gv_next);
+  } else {
+    std::fill(gv_next, gv_next + len, 0.0f);
+  }
+  if (grad_decay) {
+    std::fill(acc, acc + len, 0.0);
+    if (a.v_init != nullptr) {
+      std::copy(a.v_init + n0, a.v_init + n0 + len, v0);
+    } else {
+      std::fill(v0, v0 + len, 0.0f);
+    }
+  }
+  const elem* gs_base = static_cast<const elem*>(a.grad_spikes);
+  elem* gx_base = static_cast<elem*>(a.grad_x);
+  for (int64_t t = a.T - 1; t >= 0; --t) {
+    const int64_t row = t * a.N + n0;
+    const float* h = a.h + row;
+    elem* gx = gx_base + row;
+    if (PLAIN) {
+      const elem* gs = gs_base + row;
+#pragma omp simd
+      for (int64_t i = 0; i < len; ++i) {
+        const float hi = h[i];
+        const float g = count_grad(EXACT_INV ? hi * inv_th : hi / v_th, lo, hi_w, inv_th);
+        float gh = gv_next[i] * (1.0f - th_reset * g);
+        gh = IO::load(gs[i]) * g + gh;
+        gx[i] = IO::store(gh);
+        gv_next[i] = gh * decay;
+      }
+      continue;
+    }
+    // absent gradients read zeros: gs * g + gh and gv + 0 round exactly as without the terms
+    const elem* gs = gs_base != nullptr ? gs_base + row : zeros_e;
+    const float* gvs = grad_v_seq ? a.grad_v + row : zeros_f;
+#pragma omp simd
+    for (int64_t i = 0; i < len; ++i) {
+      const float hi = h[i];
+      const float g = count_grad(EXACT_INV ? hi * inv_th : hi / v_th, lo, hi_w, inv_th);
+      const float gv = gv_next[i] + gvs[i];
+      float gh = gv * (1.0f - th_reset * g);
+      gh = IO::load(gs[i]) * g + gh;
+      gx[i] = IO::store(gh);
+      gv_next[i] = gh * decay;
+      gh_local[i] = gh;
+    }
+    if (!grad_decay) continue;
+    if (t > 0) {
+      const float* h_prev = a.h + row - a.N;
+#pragma omp simd
+      for (int64_t i = 0; i < len; ++i) {
+        const float hp = h_prev[i];
+        const float v_prev = hp - spike_count(EXACT_INV ? hp * inv_th : hp / v_th, count) * v_th;
+        acc[i] += static_cast<double>(gh_local[i] * -v_prev);
+      }
+    } else {
+#pragma omp simd
+      for (int64_t i = 0; i < len; ++i) acc[i] += static_cast<double>(gh_local[i] * -v0[i]);
+    }
+  }
+  std::copy(gv_next, gv_next + len, a.grad_v_init + n0);
+  double sum = 0.0;
+  if (grad_decay) {
+    for (int64_t i = 0; i < len; ++i) sum += acc[i];
+  }
+  return sum;
+}
+
+// Whether 1 / V_th is exact (V_th a power of two, its reciprocal a normal float): H * (1 / V_th)
+// then rounds exactly as H / V_th.
+inline bool exact_reciprocal(float v_th) {
+  int exponent = 0;
+  return std::frexp(v_th, &exponent) == 0.5f && exponent > -125 && exponent < 127;
+}
+
+template <typename IO, int LEAK, bool EXACT_INV>
+void count_forward_all(const LIFParams& p, const LIFForwardArgs& a) {
+  // the factor of V: fp32(1 - 1/tau), 1 - decay_tensor (as the reference's 1 - decay in fp32), 1 for IF
+  const float decay = LEAK == kLeakMul ? 1.0f - *a.decay : (LEAK == kLeakDiv ? p.count_decay : 1.0f);
+  const int64_t chunks = num_chunks(a.N);
+#pragma omp parallel for schedule(static) if (parallel(a.T, a.N))
+  for (int64_t c = 0; c < chunks; ++c) {
+    const int64_t n0 = c * kChunk;
+    count_forward_chunk<IO, LEAK, EXACT_INV>(p, a, decay, n0, std::min(kChunk, a.N - n0));
+  }
+}
+
+template <typename IO, int LEAK>
+void count_forward_leak(const LIFParams& p, const LIFForwardArgs& a) {
+  if (exact_reciprocal(p.v_threshold)) return count_forward_all<IO, LEAK, true>(p, a);
+  count_forward_all<IO, LEAK, false>(p, a);
+}
+
+template <typename IO, bool EXACT_INV, bool PLAIN>
+void count_backward_all(const LIFParams& p, const LIFBackwardArgs& a) {
+  const float decay = p.leak == kLeakMul ? 1.0f - *a.decay : (p.leak == kLeakDiv ? p.count_decay : 1.0f);
+  const int64_t chunks = num_chunks(a.N);
+  std::vector<double> partial(chunks, 0.0);
+#pragma omp parallel for schedule(static) if (parallel(a.T, a.N))
+  for (int64_t c = 0; c < chunks; ++c) {
+    const int64_t n0 = c * kChunk;
+    partial[c] = count_backward_chunk<IO, EXACT_INV, PLAIN>(p, a, decay, n0, std::min(kChunk, a.N - n0));
+  }
+  if (a.grad_decay != nullptr) {
+    double sum = 0.0;
+    for (double s : partial) sum += s;  // chunk order: independent of the thread count
+    // d/d(decay_tensor) of (1 - decay_tensor) * V: the sum of gh * -V[t-1]
+    *a.grad_decay = static_cast<float>(sum);
+  }
+}
+
+template <typename IO>
+void count_backward_io(const LIFParams& p, const LIFBackwardArgs& a) {
+  const bool plain = a.grad_spikes != nullptr && !(a.grad_v != nullptr && p.store_v_seq) && a.grad_decay == nullptr;
+  const bool exact = exact_reciprocal(p.v_threshold);
+  if (plain) {
+    return exact ? count_backward_all<IO, true, true>(p, a) : count_backward_all<IO, false, true>(p, a);
+  }
+  return exact ? count_backward_all<IO, true, false>(p, a) : count_backward_all<IO, false, false>(p, a);
+}
+
 template <typename IO, int LEAK, bool DECAY_INPUT>
 void forward_all(const LIFParams& p, const LIFForwardArgs& a) {
   const float decay = LEAK == kLeakMul ? *a.decay : 0.0f;
@@ -293,6 +472,11 @@ void forward_all(const LIFParams& p, const LIFForwardArgs& a) {
 
 template <typename IO>
 void forward_io(const LIFParams& p, const LIFForwardArgs& a) {
+  if (p.max_spike_count > 0) {
+    if (p.leak == kLeakIF) return count_forward_leak<IO, kLeakIF>(p, a);
+    if (p.leak == kLeakDiv) return count_forward_leak<IO, kLeakDiv>(p, a);
+    return count_forward_leak<IO, kLeakMul>(p, a);
+  }
   if (p.leak == kLeakIF) return forward_all<IO, kLeakIF, false>(p, a);
   if (p.leak == kLeakDiv) {
     return p.decay_input ? forward_all<IO, kLeakDiv, true>(p, a) : forward_all<IO, kLeakDiv, false>(p, a);
@@ -319,6 +503,7 @@ void backward_all(const LIFParams& p, const LIFBackwardArgs& a) {
 
 template <typename IO>
 void backward_io(const LIFParams& p, const LIFBackwardArgs& a) {
+  if (p.max_spike_count > 0) return count_backward_io<IO>(p, a);
   switch (p.surrogate) {
     case kSigmoid: return backward_all<IO, kSigmoid>(p, a);
     case kAtan: return backward_all<IO, kAtan>(p, a);

@@ -52,13 +52,20 @@ __device__ __forceinline__ void store(T* p, const float (&in)[VEC]) {
   *reinterpret_cast<Pack<T, VEC>*>(p) = pk;
 }
 
-template <typename T, int VEC>
+// The factor of V in the I-LIF charge: fp32(1 - 1/tau), 1 - decay_tensor, or 1 (IF, unused).
+__device__ __forceinline__ float count_decay_of(const LIFParams& p, float decay) {
+  return p.leak == kLeakMul ? 1.0f - decay : (p.leak == kLeakDiv ? p.count_decay : 1.0f);
+}
+
+// COUNT: integer spike counts (I-LIF, lif_kernel.h count_*), else binary spikes.
+template <typename T, int VEC, bool COUNT>
 __global__ void __launch_bounds__(kThreads) lif_forward_kernel(const LIFParams p, const LIFForwardArgs a) {
   const int64_t n = (static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x) * VEC;
   if (n >= a.N) return;  // N % VEC == 0: a thread's neurons are all in range or all out
   const T* x = static_cast<const T*>(a.x) + n;
   T* spikes = static_cast<T*>(a.spikes) + n;
   const float decay = p.leak == kLeakMul ? *a.decay : 0.0f;
+  const float count_decay = COUNT ? count_decay_of(p, decay) : 0.0f;
   float v[VEC];
   if (a.v_init != nullptr) {
     load<VEC>(a.v_init + n, v);
@@ -74,10 +81,16 @@ __global__ void __launch_bounds__(kThreads) lif_forward_kernel(const LIFParams p
     float h[VEC], s[VEC];
 #pragma unroll
     for (int i = 0; i < VEC; ++i) {
-      h[i] = lif_charge(p.leak, p.decay_input, v[i], x_cur[i], p.tau, decay, p.v_reset);
-      const bool spike = h[i] >= p.v_threshold;
-      s[i] = spike ? 1.0f : 0.0f;
-      v[i] = lif_reset(p.soft_reset, h[i], spike, p.v_threshold, p.v_reset);
+      if (COUNT) {
+        h[i] = count_charge(p.leak, v[i], x_cur[i], count_decay);
+        s[i] = spike_count(h[i] / p.v_threshold, p.count);  // IEEE division (no --use_fast_math)
+        v[i] = h[i] - s[i] * p.v_threshold;
+      } else {
+        h[i] = lif_charge(p.leak, p.decay_input, v[i], x_cur[i], p.tau, decay, p.v_reset);
+        const bool spike = h[i] >= p.v_threshold;
+        s[i] = spike ? 1.0f : 0.0f;
+        v[i] = lif_reset(p.soft_reset, h[i], spike, p.v_threshold, p.v_reset);
+      }
       x_cur[i] = x_next[i];
     }
     const int64_t row = t * a.N;
@@ -126,7 +139,7 @@ __device__ double block_sum(double v, double* scratch) {
   return v;
 }
 
-template <typename T, int VEC>
+template <typename T, int VEC, bool COUNT>
 __global__ void __launch_bounds__(kThreads) lif_backward_kernel(const LIFParams p, const LIFBackwardArgs a) {
   const int64_t n = (static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x) * VEC;
   const bool grad_decay = a.grad_decay != nullptr;
@@ -137,6 +150,7 @@ __global__ void __launch_bounds__(kThreads) lif_backward_kernel(const LIFParams 
     const T* x = static_cast<const T*>(a.x);
     T* grad_x = static_cast<T*>(a.grad_x);
     const float decay = p.leak == kLeakMul ? *a.decay : 0.0f;
+    const float count_decay = COUNT ? count_decay_of(p, decay) : 0.0f;
     // grad of the loss w.r.t. V[t] arriving from step t + 1 (and from the final-v output)
     float gv_next[VEC] = {};
     if (a.grad_v != nullptr && !p.store_v_seq) load<VEC>(a.grad_v + n, gv_next);
@@ -156,34 +170,57 @@ __global__ void __launch_bounds__(kThreads) lif_backward_kernel(const LIFParams 
       // Each phase branches once on the uniform options, outside its unrolled loop (an option
       // switch per element makes ptxas take minutes).
       float sg[VEC], gh[VEC], gx[VEC];
+      if (COUNT) {
+        // dC/dH inside the window, dV/dH = 1 - V_th * dC/dH (1 with detach_reset), dL/dV[t-1] = gh * decay
+        const float th_reset = p.detach_reset ? 0.0f : p.v_threshold;
 #pragma unroll
-      for (int i = 0; i < VEC; ++i) sg[i] = h[i] - p.v_threshold;
-      surrogate_grads<VEC>(p.surrogate, sg, p.alpha);
+        for (int i = 0; i < VEC; ++i) {
+          sg[i] = count_grad(h[i] / p.v_threshold, p.grad_min, p.grad_max, p.inv_threshold);
+          const float gv = grad_v_seq ? gv_next[i] + gvs[i] : gv_next[i];
+          gh[i] = gv * (1.0f - th_reset * sg[i]);
+          if (grad_spikes != nullptr) gh[i] = gs[i] * sg[i] + gh[i];
+          gx[i] = gh[i];
+          gv_next[i] = gh[i] * count_decay;
+        }
+        if (grad_decay) {  // dH/d(decay_tensor) = -V[t-1]
 #pragma unroll
-      for (int i = 0; i < VEC; ++i) {
-        const float gv = grad_v_seq ? gv_next[i] + gvs[i] : gv_next[i];
-        gh[i] = gv * lif_dv_dh(p.soft_reset, p.detach_reset, p.v_threshold, p.v_reset, h[i], h[i] >= p.v_threshold, sg[i]);
-        if (grad_spikes != nullptr) gh[i] = gs[i] * sg[i] + gh[i];
-      }
-      if (p.leak == kLeakIF) {
-#pragma unroll
-        for (int i = 0; i < VEC; ++i) gx[i] = gv_next[i] = gh[i];
+          for (int i = 0; i < VEC; ++i) {
+            const float v_prev =
+                t > 0 ? h_prev[i] - spike_count(h_prev[i] / p.v_threshold, p.count) * p.v_threshold : v0[i];
+            acc += static_cast<double>(gh[i] * -v_prev);
+          }
+        }
       } else {
 #pragma unroll
-        for (int i = 0; i < VEC; ++i) {
-          const float gh_k = p.leak == kLeakDiv ? gh[i] / p.tau : gh[i] * decay;
-          gx[i] = p.decay_input ? gh_k : gh[i];
-          gv_next[i] = gh[i] - gh_k;
-        }
-      }
-      if (grad_decay) {
+        for (int i = 0; i < VEC; ++i) sg[i] = h[i] - p.v_threshold;
+        surrogate_grads<VEC>(p.surrogate, sg, p.alpha);
 #pragma unroll
         for (int i = 0; i < VEC; ++i) {
-          const float v_prev =
-              t > 0 ? lif_reset(p.soft_reset, h_prev[i], h_prev[i] >= p.v_threshold, p.v_threshold, p.v_reset)
-                    : v0[i];
-          const float factor = p.decay_input ? xs[i] - (v_prev - p.v_reset) : -(v_prev - p.v_reset);
-          acc += static_cast<double>(gh[i] * factor);
+          const float gv = grad_v_seq ? gv_next[i] + gvs[i] : gv_next[i];
+          gh[i] = gv * lif_dv_dh(p.soft_reset, p.detach_reset, p.v_threshold, p.v_reset, h[i], h[i] >= p.v_threshold,
+                                 sg[i]);
+          if (grad_spikes != nullptr) gh[i] = gs[i] * sg[i] + gh[i];
+        }
+        if (p.leak == kLeakIF) {
+#pragma unroll
+          for (int i = 0; i < VEC; ++i) gx[i] = gv_next[i] = gh[i];
+        } else {
+#pragma unroll
+          for (int i = 0; i < VEC; ++i) {
+            const float gh_k = p.leak == kLeakDiv ? gh[i] / p.tau : gh[i] * decay;
+            gx[i] = p.decay_input ? gh_k : gh[i];
+            gv_next[i] = gh[i] - gh_k;
+          }
+        }
+        if (grad_decay) {
+#pragma unroll
+          for (int i = 0; i < VEC; ++i) {
+            const float v_prev =
+                t > 0 ? lif_reset(p.soft_reset, h_prev[i], h_prev[i] >= p.v_threshold, p.v_threshold, p.v_reset)
+                      : v0[i];
+            const float factor = p.decay_input ? xs[i] - (v_prev - p.v_reset) : -(v_prev - p.v_reset);
+            acc += static_cast<double>(gh[i] * factor);
+          }
         }
       }
 #pragma unroll
@@ -235,10 +272,14 @@ cudaError_t forward(const LIFParams& p, const LIFForwardArgs& a, cudaStream_t st
   const bool vec = use_vec4<float>(fp32_ptrs, 3, a.N, a.x_stride_t) && use_vec4<T>(t_ptrs, 2, a.N, a.x_stride_t);
   const int64_t blocks = num_blocks(a.N, vec ? 4 : 1);
   if (blocks > INT_MAX) return cudaErrorInvalidConfiguration;
+  const unsigned grid = static_cast<unsigned>(blocks);
+  const bool count = p.max_spike_count > 0;
   if (vec) {
-    lif_forward_kernel<T, 4><<<static_cast<unsigned>(blocks), kThreads, 0, stream>>>(p, a);
+    if (count) lif_forward_kernel<T, 4, true><<<grid, kThreads, 0, stream>>>(p, a);
+    else lif_forward_kernel<T, 4, false><<<grid, kThreads, 0, stream>>>(p, a);
   } else {
-    lif_forward_kernel<T, 1><<<static_cast<unsigned>(blocks), kThreads, 0, stream>>>(p, a);
+    if (count) lif_forward_kernel<T, 1, true><<<grid, kThreads, 0, stream>>>(p, a);
+    else lif_forward_kernel<T, 1, false><<<grid, kThreads, 0, stream>>>(p, a);
   }
   return cudaGetLastError();
 }
@@ -265,10 +306,14 @@ cudaError_t backward(const LIFParams& p, const LIFBackwardArgs& a, cudaStream_t 
     const cudaError_t err = cudaMemsetAsync(a.workspace + blocks, 0, sizeof(double), stream);
     if (err != cudaSuccess) return err;
   }
+  const unsigned grid = static_cast<unsigned>(blocks);
+  const bool count = p.max_spike_count > 0;
   if (vec) {
-    lif_backward_kernel<T, 4><<<static_cast<unsigned>(blocks), kThreads, 0, stream>>>(p, a);
+    if (count) lif_backward_kernel<T, 4, true><<<grid, kThreads, 0, stream>>>(p, a);
+    else lif_backward_kernel<T, 4, false><<<grid, kThreads, 0, stream>>>(p, a);
   } else {
-    lif_backward_kernel<T, 1><<<static_cast<unsigned>(blocks), kThreads, 0, stream>>>(p, a);
+    if (count) lif_backward_kernel<T, 1, true><<<grid, kThreads, 0, stream>>>(p, a);
+    else lif_backward_kernel<T, 1, false><<<grid, kThreads, 0, stream>>>(p, a);
   }
   return cudaGetLastError();
 }

@@ -29,6 +29,13 @@ struct LIFParams {
   float v_threshold;
   float v_reset;       // V_r: the hard-reset value, 0 for soft reset
   float alpha;
+  // Integer spike counts (I-LIF) when max_spike_count > 0, else binary spikes.
+  int64_t max_spike_count;
+  float count;          // max_spike_count as fp32 (exact: at most 2^24)
+  float count_decay;    // kLeakDiv: fp32(1 - 1/tau), rounded once from double as spikingjelly's reference
+  float grad_min;       // the window on H / v_threshold where dC/dH = 1 / v_threshold
+  float grad_max;
+  float inv_threshold;  // fp32(1 / v_threshold)
 };
 
 struct LIFForwardArgs {
@@ -78,6 +85,32 @@ TKS_HOST_DEVICE float lif_dv_dh(bool soft_reset, bool detach_reset, float v_thre
   if (soft_reset) return detach_reset ? 1.0f : 1.0f - v_threshold * sg;
   const float keep = spike ? 0.0f : 1.0f;
   return detach_reset ? keep : keep + (v_r - h) * sg;
+}
+
+// ---------------------------------------------------------------- integer spike counts (I-LIF)
+// spikingjelly 2.0.0's _ops/ilif arithmetic: H = (1 - 1/tau) * V + X (decay = fp32(1 - 1/tau) for a
+// float tau, 1 - decay_tensor for a learnable leak, no leak for IF), C = round(clamp(H / V_th, 0, D))
+// with round half to even, V = H - C * V_th.
+
+// H[t] from V[t-1] and X[t]; `decay` is the factor of V (unused for IF).
+TKS_HOST_DEVICE float count_charge(int leak, float v, float x, float decay) {
+  return leak == kLeakIF ? v + x : decay * v + x;
+}
+
+// round(clamp(scaled, 0, count)) as torch.clamp then torch.round: NaN stays NaN (the compares are
+// false for it), ties to even. Below 2^23, (y + 2^23) - 2^23 rounds y to an integer in the current
+// rounding mode (to nearest, ties to even) with two adds, which vectorise; from 2^23 on every fp32
+// is an integer already.
+TKS_HOST_DEVICE float spike_count(float scaled, float count) {
+  float y = scaled < 0.0f ? 0.0f : scaled;
+  y = y > count ? count : y;
+  const float kTwo23 = 8388608.0f;
+  return y < kTwo23 ? (y + kTwo23) - kTwo23 : y;
+}
+
+// dC/dH: 1 / V_th inside the window grad_min <= H / V_th <= grad_max (NaN is outside), else 0.
+TKS_HOST_DEVICE float count_grad(float scaled, float grad_min, float grad_max, float inv_threshold) {
+  return scaled >= grad_min && scaled <= grad_max ? inv_threshold : 0.0f;
 }
 
 }  // namespace lif

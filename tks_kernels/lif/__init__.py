@@ -1,4 +1,4 @@
-"""Fused multi-step LIF / IF / parametric LIF neurons."""
+"""Fused multi-step LIF / IF / parametric LIF neurons, binary or integer-count (I-LIF) spikes."""
 from __future__ import annotations
 
 from typing import Optional
@@ -33,15 +33,29 @@ def lif_multistep(
     store_v_seq: bool = False,
     backend: str = "auto",
     decay: Optional[torch.Tensor] = None,
+    max_spike_count: Optional[int] = None,
+    grad_window: Optional[tuple[float, float]] = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Multi-step LIF neuron over all T steps: spikingjelly 2.0.0's LIFNode / IFNode /
-    ParametricLIFNode (``step_mode='m'``), fused.
+    ParametricLIFNode and, with ``max_spike_count``, ILIFNode (``step_mode='m'``), fused.
 
     Per step, with ``V_r = v_reset`` (0 in the charge for soft reset):
     ``H = V + (X - (V - V_r)) / tau`` (``decay_input``) or ``V - (V - V_r) / tau + X``;
     ``H = V + X`` for IF; ``S = (H >= v_threshold)``; hard reset ``V = S ? V_r : H``, soft
     reset ``V = H - S * v_threshold``. The backward uses the surrogate's derivative at
     ``H - v_threshold``. State and arithmetic are fp32 whatever the input dtype.
+
+    Integer spike counts (I-LIF, ``max_spike_count=D``; a b-bit spike is ``D = 2**b - 1``):
+    ``H = (1 - 1/tau) * V + X`` (``1 - 1/tau`` rounded to fp32 once, as spikingjelly's
+    ``_ops/ilif`` computes it: not the LIF's ``V - V / tau + X``, which rounds differently),
+    ``C = round(clamp(H / v_threshold, 0, D))`` (round half to even, as torch.round), soft reset
+    ``V = H - C * v_threshold`` (``detach_reset`` detaches the reset term). The backward is a
+    rectangular straight-through gradient: ``dC/dH = 1 / v_threshold`` where
+    ``grad_min <= H / v_threshold <= grad_max`` (both ends included), 0 elsewhere. Needs
+    ``v_reset=None``, ``decay_input=False``, ``v_threshold > 0`` and the default surrogate and
+    alpha. spikingjelly 2.0.0 has the float ``tau > 1`` form; a learnable leak (0-dim ``tau`` or
+    ``decay``: ``H = (1 - decay) * V + X``, its gradient reduced in the launch) and IF
+    (``tau=None``: ``H = V + X``) are this package's additions.
 
     Args:
         x_seq: ``[T, *]`` float32/float16/bfloat16 input current, any strides, ``T >= 1``.
@@ -58,10 +72,14 @@ def lif_multistep(
         backend: "auto" | "triton" | "cuda" | "cpp" | "torch" (the eager reference).
         decay: 0-dim tensor ``1/tau`` used directly (ParametricLIFNode's ``sigmoid(w)``);
             replaces ``tau``: giving ``tau`` too (any value, 2.0 included) is an error.
+        max_spike_count: None (binary spikes) or an integer ``D`` from 1 to 2**24: integer
+            counts in ``0..D`` (I-LIF).
+        grad_window: ``(grad_min, grad_max)``, finite, ``grad_min <= grad_max``, the window on
+            ``H / v_threshold`` where the count's gradient passes; None is ``(0, D)``.
 
     Returns:
-        ``(spikes, v)``: spikes ``[T, *]`` in x_seq's dtype; v fp32, ``[T, *]`` (after reset,
-        every step) if ``store_v_seq`` else the final ``[*]``.
+        ``(spikes, v)``: spikes ``[T, *]`` in x_seq's dtype (0/1, or the counts ``C``); v fp32,
+        ``[T, *]`` (after reset, every step) if ``store_v_seq`` else the final ``[*]``.
 
     The fused backends save for backward one fp32 ``[T, *]`` tensor (``H``), and reference
     ``x_seq`` and ``v_init`` only for a learnable leak with ``decay_input``.
@@ -84,10 +102,12 @@ def lif_multistep(
 
         >>> x = torch.randn(8, 32, 128, device="cuda")
         >>> spikes, v = lif_multistep(x, tau=2.0, v_threshold=0.5, surrogate="piecewise_quadratic", alpha=2.0)
+        >>> counts, v = lif_multistep(x, tau=4 / 3, decay_input=False, v_reset=None, max_spike_count=3)  # 2-bit
     """
     check_tau_or_decay(tau, decay)
     cfg, decay_tensor = parse_lif_args(
-        x_seq, v_init, tau, decay, v_threshold, v_reset, decay_input, detach_reset, surrogate, alpha, store_v_seq
+        x_seq, v_init, tau, decay, v_threshold, v_reset, decay_input, detach_reset, surrogate, alpha, store_v_seq,
+        max_spike_count=max_spike_count, grad_window=grad_window,
     )
     return _dispatch(x_seq, v_init, decay_tensor, cfg, check_backend(backend))
 

@@ -6,7 +6,7 @@ from typing import Optional
 
 import torch
 
-from .._checks import check_bool, check_choice, check_float_tensor, check_real
+from .._checks import _integral_number, check_bool, check_choice, check_float_tensor, check_real
 from .surrogate import SURROGATES, default_alpha, surrogate_id
 
 # How the leak enters the charge step; a compile-time constant of every kernel.
@@ -40,10 +40,15 @@ def _show(value) -> str:
     return f"a tensor of shape {tuple(value.shape)}" if isinstance(value, torch.Tensor) else repr(value)
 
 
+# The largest spike count: counts up to 2**24 are exact integers in fp32.
+MAX_SPIKE_COUNT = 1 << 24
+
+
 @dataclass(frozen=True)
 class LIFConfig:
     """Everything but the tensors. ``leak``: LEAK_IF (no leak), LEAK_DIV (``/ tau``, a float),
-    LEAK_MUL (``* decay``, a 0-dim tensor, learnable)."""
+    LEAK_MUL (``* decay``, a 0-dim tensor, learnable). ``max_spike_count`` 0: binary spikes;
+    D >= 1: integer counts (I-LIF), gradient window ``[grad_min, grad_max]`` on H / v_threshold."""
 
     leak: int
     tau: float  # used by LEAK_DIV only
@@ -54,6 +59,21 @@ class LIFConfig:
     surrogate: str
     alpha: float
     store_v_seq: bool
+    max_spike_count: int = 0
+    grad_min: float = 0.0
+    grad_max: float = 0.0
+
+    @property
+    def counts(self) -> bool:
+        """Integer spike counts (I-LIF) instead of binary spikes."""
+        return self.max_spike_count > 0
+
+    @property
+    def count_decay(self) -> float:
+        """The I-LIF charge's factor ``1 - 1/tau`` for a float tau (LEAK_DIV), in Python's double:
+        the kernels round it to fp32 once, as spikingjelly's reference does (a tensor-scalar
+        product rounds the Python float to the tensor's dtype)."""
+        return 1.0 - 1.0 / self.tau if self.leak == LEAK_DIV else 1.0
 
     @property
     def soft_reset(self) -> bool:
@@ -71,7 +91,7 @@ class LIFConfig:
 
 def parse_lif_args(
     x_seq, v_init, tau, decay, v_threshold, v_reset, decay_input, detach_reset, surrogate, alpha, store_v_seq,
-    allow_float64: bool = False,
+    allow_float64: bool = False, max_spike_count=None, grad_window=None,
 ) -> tuple[LIFConfig, Optional[torch.Tensor]]:
     """Check every argument; return the config and the fp32 0-dim decay tensor (LEAK_MUL) or None.
     ``allow_float64`` lets the reference run in fp64, an extra-precise oracle for tests."""
@@ -97,6 +117,7 @@ def parse_lif_args(
     v_reset = check_real("v_reset", v_reset, allow_none=True)
     if not isinstance(surrogate, str) or surrogate not in SURROGATES:
         raise ValueError(f"surrogate={surrogate!r} is unknown; choose one of {', '.join(SURROGATES)}")
+    alpha_given = alpha
     if alpha is None:
         alpha = default_alpha(surrogate)
     alpha = check_real("alpha", alpha)
@@ -124,8 +145,64 @@ def parse_lif_args(
         if not tau_float > 1.0:
             raise ValueError(f"tau must be > 1 (LIF), got {tau_float}; pass tau=None for IF (no leak)")
         leak = LEAK_DIV
-    cfg = LIFConfig(leak, tau_float, decay_input, v_threshold, v_reset, detach_reset, surrogate, alpha, store_v_seq)
+    count, grad_min, grad_max = _check_count_firing(
+        max_spike_count, grad_window, v_threshold, v_reset, decay_input, surrogate, alpha_given
+    )
+    cfg = LIFConfig(leak, tau_float, decay_input, v_threshold, v_reset, detach_reset, surrogate, alpha, store_v_seq,
+                    count, grad_min, grad_max)
     return cfg, decay_tensor
+
+
+def _check_count_firing(max_spike_count, grad_window, v_threshold, v_reset, decay_input, surrogate, alpha):
+    """(D, grad_min, grad_max) of count firing, (0, 0.0, 0.0) for binary spikes; every option that
+    has no meaning with counts is refused, naming the argument and the fix."""
+    if max_spike_count is None:
+        if grad_window is not None:
+            raise ValueError(
+                f"grad_window={grad_window!r} is the gradient window of count firing: pass max_spike_count=D too, "
+                "or drop grad_window (binary spikes take surrogate= and alpha=)"
+            )
+        return 0, 0.0, 0.0
+    if not _integral_number(max_spike_count) or not 1 <= int(max_spike_count) <= MAX_SPIKE_COUNT:
+        raise ValueError(
+            f"max_spike_count must be an integer from 1 to 2**24 (the most spikes a step may count; a b-bit "
+            f"spike is 2**b - 1), or None for binary spikes; got {type(max_spike_count).__name__} "
+            f"{max_spike_count!r}"
+        )
+    count = int(max_spike_count)
+    where = f"max_spike_count={count} (I-LIF count firing)"
+    if v_reset is not None:
+        raise ValueError(
+            f"{where} resets softly (V = H - C * v_threshold): pass v_reset=None (got v_reset={v_reset})"
+        )
+    if decay_input:
+        raise ValueError(f"{where} charges H = (1 - 1/tau) * V + X, without decaying the input: pass decay_input=False")
+    if surrogate != "sigmoid" or alpha is not None:
+        raise ValueError(
+            f"{where} has its own straight-through gradient (1 / v_threshold inside grad_window, 0 outside): leave "
+            f"surrogate and alpha at their defaults (got surrogate={surrogate!r}, alpha={alpha!r}) and set "
+            "grad_window=(min, max) instead"
+        )
+    if not v_threshold > 0:
+        raise ValueError(f"{where} needs v_threshold > 0 (C = round(clamp(H / v_threshold, 0, D))), got {v_threshold}")
+    if grad_window is None:
+        return count, 0.0, float(count)
+    if isinstance(grad_window, (str, bytes)) or not hasattr(grad_window, "__len__") or len(grad_window) != 2:
+        raise ValueError(
+            f"grad_window must be a pair (grad_min, grad_max) of numbers, or None for (0, max_spike_count); "
+            f"got {grad_window!r}"
+        )
+    try:
+        grad_min = check_real("grad_window[0]", grad_window[0])
+        grad_max = check_real("grad_window[1]", grad_window[1])
+    except TypeError as e:
+        raise ValueError(f"grad_window must be a pair of numbers: {e}") from None
+    if grad_min > grad_max:
+        raise ValueError(
+            f"grad_window=({grad_min}, {grad_max}) has min > max: the gradient passes where "
+            "grad_min <= H / v_threshold <= grad_max, so give them in that order"
+        )
+    return count, grad_min, grad_max
 
 
 def _check_scalar_tensor(name: str, value, x_seq: torch.Tensor) -> torch.Tensor:

@@ -9,7 +9,7 @@ from typing import Callable, Optional
 import torch
 
 from . import layout
-from .config import LEAK_DIV, LEAK_IF, TAU_DEFAULT, LIFConfig, check_tau_or_decay, parse_lif_args
+from .config import LEAK_DIV, LEAK_IF, LEAK_MUL, TAU_DEFAULT, LIFConfig, check_tau_or_decay, parse_lif_args
 from .surrogate import spike
 
 
@@ -26,14 +26,41 @@ def lif_multistep_reference(
     surrogate: str = "sigmoid",
     alpha: Optional[float] = None,
     store_v_seq: bool = False,
+    max_spike_count: Optional[int] = None,
+    grad_window: Optional[tuple[float, float]] = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Same arguments and outputs as :func:`tks_kernels.lif_multistep`, computed step by step."""
+    """Same arguments and outputs as :func:`tks_kernels.lif_multistep`, computed step by step
+    (fp64 inputs too: the tests' extra-precise oracle)."""
     check_tau_or_decay(tau, decay)
     cfg, decay_tensor = parse_lif_args(
         x_seq, v_init, tau, decay, v_threshold, v_reset, decay_input, detach_reset, surrogate, alpha, store_v_seq,
-        allow_float64=True,
+        allow_float64=True, max_spike_count=max_spike_count, grad_window=grad_window,
     )
     return lif_reference_forward(x_seq, v_init, decay_tensor, cfg)
+
+
+class _SpikeCount(torch.autograd.Function):
+    """I-LIF firing ``C = round(clamp(H / v_threshold, 0, D))`` (torch.round: half to even), with
+    the rectangular straight-through gradient ``dC/dH = 1 / v_threshold`` where
+    ``grad_min <= H / v_threshold <= grad_max`` (both ends included), 0 elsewhere.
+
+    ``threshold`` is a 0-dim tensor on h's device: a division by a Python float on CUDA is a
+    multiplication by its reciprocal in torch, which rounds differently from the kernels' (and
+    spikingjelly's) correctly rounded ``H / v_threshold``."""
+
+    @staticmethod
+    def forward(ctx, h, threshold, count, grad_min, grad_max):
+        scaled = h / threshold
+        ctx.save_for_backward(scaled, threshold)
+        ctx.window = (grad_min, grad_max)
+        return torch.round(torch.clamp(scaled, 0, count))
+
+    @staticmethod
+    def backward(ctx, grad):
+        scaled, threshold = ctx.saved_tensors
+        grad_min, grad_max = ctx.window
+        inside = (scaled >= grad_min) & (scaled <= grad_max)
+        return grad * torch.where(inside, 1 / threshold, 0.0), None, None, None, None
 
 
 class _GradInLayout(torch.autograd.Function):
@@ -77,6 +104,8 @@ def lif_reference_forward(
     spikes, v_seq = [], []
     if decay is not None:
         decay = decay.to(state_dtype)
+    if cfg.counts:
+        return _count_loop(x_seq, v, decay, cfg, state_dtype, step, seq)
     for x in x_seq.to(state_dtype):
         if cfg.leak == LEAK_IF:
             h = v + x
@@ -97,6 +126,27 @@ def lif_reference_forward(
         if cfg.store_v_seq:
             v_seq.append(v)
     # (torch.stack keeps channels_last, not other permutations: then one copy into the layout)
+    spikes = layout.as_layout(torch.stack(spikes), seq, x_seq.dtype)
+    v_out = layout.as_layout(torch.stack(v_seq), seq, state_dtype) if cfg.store_v_seq else layout.as_layout(v, step, state_dtype)
+    return spikes, v_out
+
+
+def _count_loop(x_seq, v, decay, cfg: LIFConfig, state_dtype, step, seq):
+    """The I-LIF loop (``cfg.counts``), spikingjelly 2.0.0's arithmetic: ``H = (1 - 1/tau) * V + X``
+    with ``1 - 1/tau`` a Python float that the tensor-scalar product rounds to fp32 once (its
+    ``_ops/ilif/reference.py``; not the LIF's ``V - V / tau + X``), C from ``_SpikeCount``, soft
+    reset ``V = H - C * v_threshold``. A learnable leak charges ``(1 - decay) * V + X``; IF ``V + X``."""
+    threshold = torch.full((), cfg.v_threshold, dtype=state_dtype, device=x_seq.device)
+    keep = decay.new_ones(()) - decay if cfg.leak == LEAK_MUL else cfg.count_decay
+    spikes, v_seq = [], []
+    for x in x_seq.to(state_dtype):
+        h = v + x if cfg.leak == LEAK_IF else keep * v + x
+        c = _SpikeCount.apply(h, threshold, cfg.max_spike_count, cfg.grad_min, cfg.grad_max)
+        c_reset = c.detach() if cfg.detach_reset else c
+        v = h - c_reset * cfg.v_threshold
+        spikes.append(c)
+        if cfg.store_v_seq:
+            v_seq.append(v)
     spikes = layout.as_layout(torch.stack(spikes), seq, x_seq.dtype)
     v_out = layout.as_layout(torch.stack(v_seq), seq, state_dtype) if cfg.store_v_seq else layout.as_layout(v, step, state_dtype)
     return spikes, v_out

@@ -132,6 +132,35 @@ def _backward_step(
 
 
 @triton.jit
+def _spike_count(h, v_threshold, count):
+    """I-LIF firing round(clamp(H / V_th, 0, D)) as torch.clamp then torch.round: NaN stays NaN,
+    ties to even; below 2^23, (y + 2^23) - 2^23 rounds y to an integer (to nearest, ties to even),
+    from 2^23 on every fp32 is an integer. The division is correctly rounded, as spikingjelly's."""
+    scaled = tl.math.div_rn(h, v_threshold)
+    y = tl.where(scaled < 0.0, 0.0, scaled)
+    y = tl.where(y > count, count, y)
+    return tl.where(y < 8388608.0, (y + 8388608.0) - 8388608.0, y)
+
+
+@triton.jit
+def _count_backward_step(
+    h, grad_v, grad_spike, count_decay, v_threshold, inv_threshold, grad_min, grad_max,
+    HAS_GRAD_SPIKE: tl.constexpr, DETACH_RESET: tl.constexpr,
+):
+    """One reverse step of the I-LIF: dC/dH = 1 / V_th inside the window on H / V_th, dV/dH =
+    1 - V_th * dC/dH (1 with detach_reset); returns dL/dX[t] (= dL/dH[t]), dL/dV[t-1], dL/dH[t]."""
+    scaled = tl.math.div_rn(h, v_threshold)
+    g = tl.where((scaled >= grad_min) & (scaled <= grad_max), inv_threshold, 0.0)
+    if DETACH_RESET:
+        gh = grad_v * 1.0
+    else:
+        gh = grad_v * (1.0 - v_threshold * g)
+    if HAS_GRAD_SPIKE:
+        gh = grad_spike * g + gh
+    return gh, gh * count_decay, gh
+
+
+@triton.jit
 def _leak_factor(x, v_prev, v_r, DECAY_INPUT: tl.constexpr):
     """dH/d(decay) for the learnable leak."""
     if DECAY_INPUT:
@@ -144,11 +173,14 @@ def _leak_factor(x, v_prev, v_r, DECAY_INPUT: tl.constexpr):
 def _lif_forward_kernel(
     x_ptr, v_init_ptr, decay_ptr, spike_ptr, v_ptr, h_ptr,
     T, N, stride_xt,
-    tau, v_threshold, v_r,
+    tau, v_threshold, v_r, count, count_decay,
     HAS_V_INIT: tl.constexpr, LEAK: tl.constexpr, DECAY_INPUT: tl.constexpr,
-    SOFT_RESET: tl.constexpr, STORE_V_SEQ: tl.constexpr, SAVE_H: tl.constexpr,
+    SOFT_RESET: tl.constexpr, STORE_V_SEQ: tl.constexpr, SAVE_H: tl.constexpr, COUNT: tl.constexpr,
     BLOCK: tl.constexpr, NUM_STAGES: tl.constexpr,
 ):
+    # COUNT: integer spike counts (I-LIF): H = count_decay * V + X (count_decay = fp32(1 - 1/tau),
+    # 1 - decay for a learnable leak; no factor for IF), C = round(clamp(H / V_th, 0, count)),
+    # V = H - C * V_th.
     pid = tl.program_id(0).to(tl.int64)
     offs = pid * BLOCK + tl.arange(0, BLOCK)  # int64: T * N may pass 2**31
     mask = offs < N
@@ -159,15 +191,25 @@ def _lif_forward_kernel(
     decay = 0.0
     if LEAK == 2:
         decay = tl.load(decay_ptr).to(tl.float32)
+        if COUNT:
+            count_decay = 1.0 - decay
     x_row = x_ptr + offs
     out_row = offs
     for _ in tl.range(0, T, num_stages=NUM_STAGES):
         x = tl.load(x_row, mask=mask, other=0.0).to(tl.float32)
-        h = _charge(v, x, tau, decay, v_r, LEAK, DECAY_INPUT)
-        spike = h >= v_threshold
-        v = _reset(h, spike, v_threshold, v_r, SOFT_RESET)
-        # via fp32: the interpreter mis-sizes a bool -> bf16 cast (triton 3.8)
-        spike_f = tl.where(spike, 1.0, 0.0)
+        if COUNT:
+            if LEAK == 0:
+                h = v + x
+            else:
+                h = count_decay * v + x
+            spike_f = _spike_count(h, v_threshold, count)
+            v = h - spike_f * v_threshold
+        else:
+            h = _charge(v, x, tau, decay, v_r, LEAK, DECAY_INPUT)
+            spike = h >= v_threshold
+            v = _reset(h, spike, v_threshold, v_r, SOFT_RESET)
+            # via fp32: the interpreter mis-sizes a bool -> bf16 cast (triton 3.8)
+            spike_f = tl.where(spike, 1.0, 0.0)
         tl.store(spike_ptr + out_row, spike_f.to(spike_ptr.dtype.element_ty), mask=mask)
         if SAVE_H:
             tl.store(h_ptr + out_row, h, mask=mask)
@@ -184,11 +226,11 @@ def _lif_backward_kernel(
     grad_spike_ptr, grad_v_ptr, h_ptr, x_ptr, v_init_ptr, decay_ptr,
     grad_x_ptr, grad_v_init_ptr, grad_decay_partial_ptr,
     T, N, stride_xt, last_row, last_x_row,
-    tau, v_threshold, v_r, alpha,
+    tau, v_threshold, v_r, alpha, count, count_decay, grad_min, grad_max,
     HAS_GRAD_SPIKE: tl.constexpr, HAS_GRAD_V: tl.constexpr, HAS_V_INIT: tl.constexpr,
     LEAK: tl.constexpr, DECAY_INPUT: tl.constexpr, SOFT_RESET: tl.constexpr,
     DETACH_RESET: tl.constexpr, SURROGATE: tl.constexpr, STORE_V_SEQ: tl.constexpr,
-    GRAD_DECAY: tl.constexpr, BLOCK: tl.constexpr, NUM_STAGES: tl.constexpr,
+    GRAD_DECAY: tl.constexpr, COUNT: tl.constexpr, BLOCK: tl.constexpr, NUM_STAGES: tl.constexpr,
 ):
     pid = tl.program_id(0).to(tl.int64)
     offs = pid * BLOCK + tl.arange(0, BLOCK)
@@ -196,6 +238,11 @@ def _lif_backward_kernel(
     decay = 0.0
     if LEAK == 2:
         decay = tl.load(decay_ptr).to(tl.float32)
+        if COUNT:
+            count_decay = 1.0 - decay
+    inv_threshold = 0.0
+    if COUNT:
+        inv_threshold = tl.math.div_rn(1.0, v_threshold)
     # grad of the loss w.r.t. V[t] arriving from step t + 1 (and from the final-v output).
     grad_v_next = tl.zeros([BLOCK], dtype=tl.float32)
     if HAS_GRAD_V:
@@ -215,17 +262,25 @@ def _lif_backward_kernel(
         gs = 0.0
         if HAS_GRAD_SPIKE:
             gs = tl.load(grad_spike_ptr + row, mask=mask, other=0.0).to(tl.float32)
-        gx, grad_v_next, gh = _backward_step(
-            h, gv, gs, tau, decay, v_threshold, v_r, alpha, HAS_GRAD_SPIKE, LEAK, DECAY_INPUT, SOFT_RESET,
-            DETACH_RESET, SURROGATE,
-        )
+        if COUNT:
+            gx, grad_v_next, gh = _count_backward_step(
+                h, gv, gs, count_decay, v_threshold, inv_threshold, grad_min, grad_max, HAS_GRAD_SPIKE, DETACH_RESET,
+            )
+        else:
+            gx, grad_v_next, gh = _backward_step(
+                h, gv, gs, tau, decay, v_threshold, v_r, alpha, HAS_GRAD_SPIKE, LEAK, DECAY_INPUT, SOFT_RESET,
+                DETACH_RESET, SURROGATE,
+            )
         tl.store(grad_x_ptr + row, gx.to(grad_x_ptr.dtype.element_ty), mask=mask)
         # H[t-1] is needed next iteration anyway; load it now for V[t-1] (the learnable leak's factor).
         if t > 0:
             h = tl.load(h_ptr + row - N, mask=mask, other=0.0)
         if GRAD_DECAY:
             if t > 0:
-                v_prev = _reset(h, h >= v_threshold, v_threshold, v_r, SOFT_RESET)
+                if COUNT:
+                    v_prev = h - _spike_count(h, v_threshold, count) * v_threshold
+                else:
+                    v_prev = _reset(h, h >= v_threshold, v_threshold, v_r, SOFT_RESET)
             else:
                 if HAS_V_INIT:
                     v_prev = tl.load(v_init_ptr + offs, mask=mask, other=0.0).to(tl.float32)
@@ -234,7 +289,10 @@ def _lif_backward_kernel(
             x = 0.0
             if DECAY_INPUT:
                 x = tl.load(x_ptr + x_row, mask=mask, other=0.0).to(tl.float32)
-            factor = _leak_factor(x, v_prev, v_r, DECAY_INPUT)
+            if COUNT:
+                factor = -v_prev  # dH/d(decay) of (1 - decay) * V
+            else:
+                factor = _leak_factor(x, v_prev, v_r, DECAY_INPUT)
             grad_decay_acc += tl.where(mask, gh * factor, 0.0).to(tl.float64)
         row -= N
         x_row -= stride_xt
@@ -278,9 +336,9 @@ def lif_forward_triton(
         _lif_forward_kernel[grid](
             x_rows, v_init_c, decay, spikes, v_out, h,
             T, N, stride_t,
-            cfg.tau, cfg.v_threshold, cfg.reset_value,
+            cfg.tau, cfg.v_threshold, cfg.reset_value, float(cfg.max_spike_count), cfg.count_decay,
             HAS_V_INIT=v_init is not None, LEAK=cfg.leak, DECAY_INPUT=cfg.decay_input,
-            SOFT_RESET=cfg.soft_reset, STORE_V_SEQ=cfg.store_v_seq, SAVE_H=save_h,
+            SOFT_RESET=cfg.soft_reset, STORE_V_SEQ=cfg.store_v_seq, SAVE_H=save_h, COUNT=cfg.counts,
             BLOCK=BLOCK, NUM_STAGES=NUM_STAGES, num_warps=NUM_WARPS, **COMPILE_OPTIONS,
         )
     return spikes, v_out, h
@@ -316,11 +374,13 @@ def lif_backward_triton(
             grad_spikes, grad_v, h, x_seq, v_init, decay,
             grad_x, grad_v_init, grad_decay_partial,
             T, N, stride_t, (T - 1) * N, (T - 1) * stride_t,
-            cfg.tau, cfg.v_threshold, cfg.reset_value, cfg.alpha,
+            cfg.tau, cfg.v_threshold, cfg.reset_value, cfg.alpha, float(cfg.max_spike_count), cfg.count_decay,
+            cfg.grad_min, cfg.grad_max,
             HAS_GRAD_SPIKE=grad_spikes is not None, HAS_GRAD_V=grad_v is not None,
             HAS_V_INIT=v_init is not None, LEAK=cfg.leak, DECAY_INPUT=cfg.decay_input,
-            SOFT_RESET=cfg.soft_reset, DETACH_RESET=cfg.detach_reset, SURROGATE=cfg.surrogate_id,
-            STORE_V_SEQ=cfg.store_v_seq, GRAD_DECAY=need_grad_decay,
+            SOFT_RESET=cfg.soft_reset, DETACH_RESET=cfg.detach_reset,
+            SURROGATE=0 if cfg.counts else cfg.surrogate_id, STORE_V_SEQ=cfg.store_v_seq, GRAD_DECAY=need_grad_decay,
+            COUNT=cfg.counts,
             BLOCK=BLOCK, NUM_STAGES=NUM_STAGES, num_warps=NUM_WARPS, **COMPILE_OPTIONS,
         )
     grad_decay = grad_decay_partial.sum().float() if need_grad_decay else None
@@ -366,18 +426,19 @@ _SURROGATE_NAMES = {sid: name for name, (sid, _) in SURROGATES.items()}
 
 
 def _op_config(leak, tau, decay_input, v_threshold, v_reset, soft_reset, detach_reset, surrogate, alpha,
-               store_v_seq) -> LIFConfig:
+               store_v_seq, max_spike_count, grad_min, grad_max) -> LIFConfig:
     return LIFConfig(leak, tau, decay_input, v_threshold, None if soft_reset else v_reset, detach_reset,
-                     _SURROGATE_NAMES[surrogate], alpha, store_v_seq)
+                     _SURROGATE_NAMES[surrogate], alpha, store_v_seq, max_spike_count, grad_min, grad_max)
 
 
 @torch.library.custom_op("tks_triton::lif_forward", mutates_args=())
 def lif_forward_op(x_seq: torch.Tensor, v_init: Optional[torch.Tensor], decay: Optional[torch.Tensor], leak: int,
                    tau: float, decay_input: bool, v_threshold: float, v_reset: float, soft_reset: bool,
-                   detach_reset: bool, surrogate: int, alpha: float, store_v_seq: bool, save_h: bool
+                   detach_reset: bool, surrogate: int, alpha: float, store_v_seq: bool, save_h: bool,
+                   max_spike_count: int = 0, grad_min: float = 0.0, grad_max: float = 0.0,
                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     cfg = _op_config(leak, tau, decay_input, v_threshold, v_reset, soft_reset, detach_reset, surrogate, alpha,
-                     store_v_seq)
+                     store_v_seq, max_spike_count, grad_min, grad_max)
     spikes, v, h = lif_forward_triton(x_seq, v_init, decay, cfg, save_h)
     return spikes, v, h if h is not None else x_seq.new_empty((0,), dtype=torch.float32)
 
@@ -387,9 +448,10 @@ def lif_backward_op(grad_spikes: Optional[torch.Tensor], grad_v: Optional[torch.
                     x_seq: Optional[torch.Tensor], v_init: Optional[torch.Tensor], decay: Optional[torch.Tensor],
                     leak: int, tau: float, decay_input: bool, v_threshold: float, v_reset: float, soft_reset: bool,
                     detach_reset: bool, surrogate: int, alpha: float, store_v_seq: bool, x_dtype: torch.dtype,
-                    need_grad_decay: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                    need_grad_decay: bool, max_spike_count: int = 0, grad_min: float = 0.0, grad_max: float = 0.0,
+                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     cfg = _op_config(leak, tau, decay_input, v_threshold, v_reset, soft_reset, detach_reset, surrogate, alpha,
-                     store_v_seq)
+                     store_v_seq, max_spike_count, grad_min, grad_max)
     grad_x, grad_v_init, grad_decay = lif_backward_triton(grad_spikes, grad_v, h, x_seq, v_init, decay, cfg, x_dtype,
                                                           need_grad_decay)
     return grad_x, grad_v_init, grad_decay if grad_decay is not None else h.new_zeros(())
@@ -408,6 +470,7 @@ def lif_triton(x_seq: torch.Tensor, v_init: Optional[torch.Tensor], decay: Optio
         spikes, v, _ = lif_forward_op(
             x_seq, v_init, decay, cfg.leak, cfg.tau, cfg.decay_input, cfg.v_threshold, cfg.reset_value,
             cfg.soft_reset, cfg.detach_reset, cfg.surrogate_id, cfg.alpha, cfg.store_v_seq, needs_grad,
+            cfg.max_spike_count, cfg.grad_min, cfg.grad_max,
         )
         return spikes, v
     if not needs_grad:
