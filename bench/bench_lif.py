@@ -1,5 +1,5 @@
-"""Benchmark the multi-step LIF neuron: forward, backward and forward+backward, every provider
-side by side on one device.
+"""Benchmark the multi-step LIF neuron and its integer-count variant (I-LIF): forward, backward and
+forward+backward, every provider side by side on one device.
 
 Providers (each is skipped, with the library's own reason printed, when it cannot run here):
   eager      tks_kernels.lif_multistep(backend="torch"): the package's eager fp32 reference loop
@@ -12,11 +12,17 @@ Providers (each is skipped, with the library's own reason printed, when it canno
              SJ_LIF_CUDA_IMPLEMENTATION, which spikingjelly reads once at import: one subprocess each.
              On CPU spikingjelly always runs its torch reference: sj-torch.
 
-Neuron settings: tau=2, v_threshold=0.5, v_reset=0 (hard), decay_input, surrogate piecewise
-quadratic with alpha=2 (the TKS authors'); input x ~ N(0, 1) of shape [T, N]; the upstream
+Neurons (--neuron, default both; each writes its own <name>.csv / .md / .png):
+  lif   tau=2, v_threshold=0.5, v_reset=0 (hard), decay_input, surrogate piecewise quadratic with
+        alpha=2 (the TKS authors'); spikingjelly's peer: functional.lif_multi_step.
+  ilif  integer spike counts, spikingjelly 2.0.0's ILIFNode defaults: tau=4/3, v_threshold=1,
+        max_spike_count=4, gradient window [0, 4], soft reset; its peer: functional.ilif_multi_step
+        (what ILIFNode(step_mode='m') runs; on CPU its torch reference, on CUDA its Triton kernels,
+        chosen with SJ_ILIF_CUDA_IMPLEMENTATION).
+Input x ~ N(0, 1) of shape [T, N] (x 2 for ilif, so that several counts occur); the upstream
 gradient is a fixed random [T, N] tensor for the spikes (the final v gets none, as in a network).
 
-Usage:  python bench/bench_lif.py [--quick] [--out DIR]   (see bench/README.md)
+Usage:  python bench/bench_lif.py [--quick] [--neuron lif,ilif] [--out DIR]   (see bench/README.md)
 """
 from __future__ import annotations
 
@@ -25,6 +31,7 @@ import os
 import subprocess
 import sys
 import tempfile
+from dataclasses import dataclass
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
@@ -34,12 +41,36 @@ import common as C  # noqa: E402
 
 LIF_KWARGS = dict(tau=2.0, v_threshold=0.5, v_reset=0.0, decay_input=True, detach_reset=False,
                   surrogate="piecewise_quadratic", alpha=2.0)
+ILIF_KWARGS = dict(tau=4.0 / 3.0, v_threshold=1.0, v_reset=None, decay_input=False, detach_reset=False,
+                   max_spike_count=4, grad_window=None)
+
+
+@dataclass(frozen=True)
+class Neuron:
+    """One benchmarked neuron: its lif_multistep options, spikingjelly's peer and the CPU target."""
+
+    name: str
+    title: str
+    kwargs: dict
+    settings: str  # for the Markdown header
+    sj_env: str  # spikingjelly's variable that picks its CUDA implementation
+    x_scale: float  # x ~ N(0, 1) * x_scale
+    cpu_speedup_target: float  # cpp fwd+bwd vs spikingjelly at T=8, N=2^20, fp32
+
+
+NEURONS = {
+    "lif": Neuron("lif", "LIF", LIF_KWARGS,
+                  "tau=2, v_threshold=0.5, hard reset to 0, decay_input, piecewise-quadratic surrogate alpha=2",
+                  "SJ_LIF_CUDA_IMPLEMENTATION", 1.0, 6.0),
+    "ilif": Neuron("ilif", "I-LIF (integer spike counts)", ILIF_KWARGS,
+                   "spikingjelly's ILIFNode defaults: tau=4/3, v_threshold=1, max_spike_count=4, gradient window "
+                   "[0, 4], soft reset, no decay_input", "SJ_ILIF_CUDA_IMPLEMENTATION", 2.0, 5.0),
+}
 PASSES = C.PASSES
 OUR_FUSED = ("triton", "cuda", "cpp")
 SJ_IMPLS = ("cuda", "triton", "torch")
 ALL_PROVIDERS = ("eager", "compile") + OUR_FUSED + tuple(f"sj-{i}" for i in SJ_IMPLS)
 PEERS = ("eager", "compile", "sj-torch", "sj-cuda", "sj-triton", "sj-best")
-SJ_ENV = "SJ_LIF_CUDA_IMPLEMENTATION"
 
 COLUMNS = (
     ["provider", "dtype", "T", "N", "pass", "status", "median_ms", "q20_ms", "q80_ms", "bytes", "gbps",
@@ -48,6 +79,7 @@ COLUMNS = (
     + [f"speedup_vs_{p.replace('-', '_')}" for p in PEERS]
 )
 
+# The count neuron moves the same bytes (x, counts in x's dtype, fp32 H, final v; grad, H, grad_x).
 BYTE_FORMULAS = {
     "fwd": "T*N*b (read x) + T*N*b (write spikes) + T*N*4 (write H, fp32, saved for backward) + N*4 (write final v)",
     "bwd": "T*N*b (read grad_spikes) + T*N*4 (read H) + T*N*b (write grad_x)",
@@ -113,9 +145,10 @@ class Providers:
     """``forward(name, dtype, T, N)`` -> a function ``x [T, N] -> spikes`` for provider ``name``,
     or the exception saying why it cannot run."""
 
-    def __init__(self, device, args):
+    def __init__(self, device, args, neuron: Neuron):
         self.device = device
         self.args = args
+        self.neuron = neuron
         self.compile_T, self.compile_dtypes = compile_plan(args, device)
         self._compiled = {}
         self.compile_errors = {}  # (dtype, T) -> the exception of a failed compile: not retried per N
@@ -124,15 +157,16 @@ class Providers:
     def forward(self, name: str, dtype_name: str, T: int, N: int):
         import tks_kernels
 
+        kw = self.neuron.kwargs
         if name == "eager":
-            return lambda x: tks_kernels.lif_multistep(x, backend="torch", **LIF_KWARGS)[0]
+            return lambda x: tks_kernels.lif_multistep(x, backend="torch", **kw)[0]
         if name in OUR_FUSED:
             if name == "triton" and self.device.type == "cpu" and not self.args.smoke:
                 raise RuntimeError(
                     "Triton runs on CUDA tensors; on CPU only through TRITON_INTERPRET=1, whose timings "
                     "measure the interpreter, not a kernel"
                 )
-            return lambda x: tks_kernels.lif_multistep(x, backend=name, **LIF_KWARGS)[0]
+            return lambda x: tks_kernels.lif_multistep(x, backend=name, **kw)[0]
         if name == "compile":
             return self._compile_forward(dtype_name, T)
         if name.startswith("sj-"):
@@ -153,11 +187,12 @@ class Providers:
             from tks_kernels.lif.config import parse_lif_args
             from tks_kernels.lif.reference import lif_reference_forward
 
-            kw = LIF_KWARGS
+            kw = self.neuron.kwargs
             cfg, _ = parse_lif_args(
                 x_seq=torch.zeros(T, 1, device=self.device), v_init=None, tau=kw["tau"], decay=None,
                 v_threshold=kw["v_threshold"], v_reset=kw["v_reset"], decay_input=kw["decay_input"],
-                detach_reset=kw["detach_reset"], surrogate=kw["surrogate"], alpha=kw["alpha"], store_v_seq=False,
+                detach_reset=kw["detach_reset"], surrogate=kw.get("surrogate", "sigmoid"), alpha=kw.get("alpha"),
+                store_v_seq=False, max_spike_count=kw.get("max_spike_count"), grad_window=kw.get("grad_window"),
             )
             # One graph per (T, dtype): the loop over T unrolls, N stays symbolic.
             C.prepare_compile()
@@ -175,22 +210,34 @@ class Providers:
         return forward
 
     def _sj_forward(self, impl: str, N: int):
-        requested = os.environ.get(SJ_ENV, "auto")
+        env = self.neuron.sj_env
+        requested = os.environ.get(env, "auto")
         if self.device.type == "cpu" and impl != "torch":
             raise RuntimeError(f"spikingjelly runs its {impl} implementation on CUDA only; on CPU it runs torch")
         if self.device.type == "cuda" and requested != impl:
-            raise RuntimeError(f"sj-{impl} runs in a subprocess with {SJ_ENV}={impl} (this process has {requested!r})")
+            raise RuntimeError(f"sj-{impl} runs in a subprocess with {env}={impl} (this process has {requested!r})")
         if self._sj is None:
             try:
                 from spikingjelly.activation_based import functional, surrogate
             except ImportError as e:
                 raise RuntimeError(f"spikingjelly is not installed ({e}); pip install spikingjelly==2.0.0") from e
-            self._sj = (functional, surrogate.PiecewiseQuadratic(alpha=LIF_KWARGS["alpha"]))
-        functional, surrogate_fn = self._sj
-        # LIFNode keeps its state in x's dtype, which for bf16/fp16 sends it to the eager
+            self._sj = (functional, surrogate)
+        functional, surrogate = self._sj
+        # Its neurons keep the state in x's dtype, which for bf16/fp16 sends them to the eager
         # reference; the functional form with fp32 state is spikingjelly's fastest path.
         v0 = torch.zeros(N, device=self.device, dtype=torch.float32)
-        kw = LIF_KWARGS
+        kw = self.neuron.kwargs
+        if self.neuron.name == "ilif":
+            count = surrogate.MultiLevelSpikeCount(kw["max_spike_count"], grad_window=kw["grad_window"])
+
+            def forward(x):
+                return functional.ilif_multi_step(
+                    x, v0, tau=kw["tau"], v_threshold=kw["v_threshold"], surrogate_function=count,
+                    detach_reset=kw["detach_reset"], store_v_seq=False,
+                )[0]
+
+            return forward
+        surrogate_fn = surrogate.PiecewiseQuadratic(alpha=kw["alpha"])
 
         def forward(x):
             return functional.lif_multi_step(
@@ -224,9 +271,9 @@ def measure(provider: str, forward, x0, grad, reference, device, warmup_ms, rep_
                  q80_ms=times[p][2]) for p in PASSES]
 
 
-def run_sweep(args, device, providers: list[str], skips: C.SkipLog) -> list[dict]:
+def run_sweep(args, device, providers: list[str], skips: C.SkipLog, neuron: Neuron) -> list[dict]:
     warmup_ms, rep_ms = C.timing_budget(args, device)
-    prov = Providers(device, args)
+    prov = Providers(device, args, neuron)
     gen = torch.Generator(device="cpu").manual_seed(0)
     probes: dict[tuple[str, str], object] = {}
     rows = []
@@ -249,14 +296,14 @@ def run_sweep(args, device, providers: list[str], skips: C.SkipLog) -> list[dict
                 rows.extend(dict(base_rows[name], pass_=p, status=status) for p in PASSES)
         if not runnable:
             continue
-        x0 = torch.randn(T, N, generator=gen).to(device=device, dtype=dtype)
+        x0 = (torch.randn(T, N, generator=gen) * neuron.x_scale).to(device=device, dtype=dtype)
         grad = torch.randn(T, N, generator=gen).to(device=device, dtype=dtype)
         reference = None
         if not args.no_check:
             import tks_kernels
 
             xr = x0.detach().clone().requires_grad_(True)
-            ref_spikes = tks_kernels.lif_multistep(xr, backend="torch", **LIF_KWARGS)[0]
+            ref_spikes = tks_kernels.lif_multistep(xr, backend="torch", **neuron.kwargs)[0]
             reference = (ref_spikes.detach(), torch.autograd.grad(ref_spikes, xr, grad)[0])
             del xr, ref_spikes
         for name in runnable:
@@ -302,17 +349,18 @@ def probe(prov: Providers, name: str, dtype_name: str, device):
 # spikingjelly implementations in subprocesses (CUDA)
 
 
-def run_sj_workers(args, device, wanted: list[str]) -> tuple[list[dict], dict]:
-    """Run each requested sj-<impl> provider in its own process with SJ_LIF_CUDA_IMPLEMENTATION set."""
+def run_sj_workers(args, device, wanted: list[str], neuron: Neuron) -> tuple[list[dict], dict]:
+    """Run each requested sj-<impl> provider in its own process with spikingjelly's implementation
+    variable (SJ_LIF_CUDA_IMPLEMENTATION, SJ_ILIF_CUDA_IMPLEMENTATION) set."""
     rows, skip_reasons = [], {}
     for name in wanted:
         impl = name[3:]
         with tempfile.TemporaryDirectory() as tmp:
             out_json = os.path.join(tmp, "rows.json")
             cmd = [sys.executable, os.path.abspath(__file__)] + _forwarded_argv() + [
-                "--providers", name, "--sj-worker", out_json]
-            env = dict(os.environ, **{SJ_ENV: impl})
-            print(f"== {name}: subprocess with {SJ_ENV}={impl}", flush=True)
+                "--providers", name, "--neuron", neuron.name, "--sj-worker", out_json]
+            env = dict(os.environ, **{neuron.sj_env: impl})
+            print(f"== {name}: subprocess with {neuron.sj_env}={impl}", flush=True)
             proc = subprocess.run(cmd, env=env)
             if proc.returncode != 0 or not os.path.exists(out_json):
                 reason = f"worker exited with status {proc.returncode} (its output is above)"
@@ -333,20 +381,20 @@ def _forwarded_argv() -> list[str]:
         if skip_next:
             skip_next = False
             continue
-        if a in ("--providers", "--out", "--sj-worker"):
+        if a in ("--providers", "--out", "--sj-worker", "--neuron"):
             skip_next = True
             continue
-        if a.startswith(("--providers=", "--out=", "--sj-worker=")):
+        if a.startswith(("--providers=", "--out=", "--sj-worker=", "--neuron=")):
             continue
         argv.append(a)
     return argv
 
 
-def sj_auto_choice(device) -> str:
+def sj_auto_choice(device, neuron: Neuron) -> str:
     try:
         from spikingjelly.activation_based.functional import neuron_implementation
 
-        info = neuron_implementation("lif", device)
+        info = neuron_implementation(neuron.name, device)
         unavailable = "; ".join(f"{k}: {v}" for k, v in info.get("unavailable", {}).items())
         return f"{info['implementation']}" + (f" (unavailable: {unavailable})" if unavailable else "")
     except Exception as e:
@@ -386,15 +434,19 @@ def _row(rows, **match):
     return None
 
 
-def targets(rows: list[dict], device) -> list[C.Target]:
+def targets(rows: list[dict], device, neuron: Neuron) -> list[C.Target]:
     cpu, gpu = device.type == "cpu", device.type == "cuda"
+    what = "LIF" if neuron.name == "lif" else "I-LIF"
     out = []
     r = _row(rows, provider="cpp", dtype="fp32", T=8, N=1 << 20, **{"pass": "fwd+bwd"})
     where = "fp32, T=8, N=2^20, fwd+bwd"
-    out.append(C.Target("CPU: cpp LIF fwd+bwd speedup vs spikingjelly 2.0.0", r and r.get("speedup_vs_sj_best"), 6.0,
-                        "x", where=where if r else "cpp or sj-torch did not run at " + where, applies=cpu))
-    out.append(C.Target("CPU: cpp LIF fwd+bwd % of copy bandwidth", r and r.get("pct_copy"), 60.0, "%",
+    out.append(C.Target(f"CPU: cpp {what} fwd+bwd speedup vs spikingjelly 2.0.0", r and r.get("speedup_vs_sj_best"),
+                        neuron.cpu_speedup_target, "x", where=where if r else "cpp or sj-torch did not run at " + where,
+                        applies=cpu))
+    out.append(C.Target(f"CPU: cpp {what} fwd+bwd % of copy bandwidth", r and r.get("pct_copy"), 60.0, "%",
                         where=where if r else "cpp did not run at " + where, applies=cpu))
+    if neuron.name != "lif":  # the GPU targets are the binary LIF's
+        return out
     for name in ("triton", "cuda"):
         ok = [r for r in rows
               if r["provider"] == name and r["status"] == "ok" and r["pass"] == "fwd+bwd" and r["T"] >= 4]
@@ -421,16 +473,18 @@ def targets(rows: list[dict], device) -> list[C.Target]:
     return out
 
 
-def write_outputs(out_dir, rows, tag, copy_gbps, copy_ms, copy_bytes, providers, skip_reasons, target_md, sj_auto):
+def write_outputs(out_dir, rows, tag, copy_gbps, copy_ms, copy_bytes, providers, skip_reasons, target_md, sj_auto,
+                  neuron: Neuron):
     os.makedirs(out_dir, exist_ok=True)
-    C.write_csv(os.path.join(out_dir, "lif.csv"), rows, COLUMNS, tag)
-    md = [C.md_header("LIF benchmark: fused vs eager vs spikingjelly", tag, C.command_line())]
+    stem = neuron.name
+    C.write_csv(os.path.join(out_dir, f"{stem}.csv"), rows, COLUMNS, tag)
+    md = [C.md_header(f"{neuron.title} benchmark: fused vs eager vs spikingjelly", tag, C.command_line())]
     md.append(f"- copy bandwidth: **{copy_gbps:.1f} GB/s** (`dst.copy_(src)` of {copy_bytes / 2**20:.0f} MiB, "
               f"read + written, median {copy_ms:.3f} ms)")
     if sj_auto:
-        md.append(f"- spikingjelly's own pick on this device (SJ_LIF_CUDA_IMPLEMENTATION=auto): {sj_auto}")
-    md.append("- settings: tau=2, v_threshold=0.5, hard reset to 0, decay_input, piecewise-quadratic surrogate "
-              "alpha=2; x ~ N(0,1) [T, N]; upstream gradient on the spikes only")
+        md.append(f"- spikingjelly's own pick on this device ({neuron.sj_env}=auto): {sj_auto}")
+    scale = "" if neuron.x_scale == 1.0 else f" x {neuron.x_scale:g}"
+    md.append(f"- settings: {neuron.settings}; x ~ N(0,1){scale} [T, N]; upstream gradient on the spikes only")
     md.append("- times: median ms [20%, 80% quantiles]; GB/s = bytes / median time, bytes "
               "(b = bytes per element of x):")
     for p in PASSES:
@@ -476,11 +530,11 @@ def write_outputs(out_dir, rows, tag, copy_gbps, copy_ms, copy_bytes, providers,
                           "spike mismatch", "grad rel err"), table) + "\n")
     md.extend(C.md_skipped(skip_reasons))
     md.append(target_md)
-    C.write_markdown(os.path.join(out_dir, "lif.md"), md)
-    C.try_plot(plot, os.path.join(out_dir, "lif.png"), rows, present, tag)
+    C.write_markdown(os.path.join(out_dir, f"{stem}.md"), md)
+    C.try_plot(plot, os.path.join(out_dir, f"{stem}.png"), rows, present, tag, neuron.title)
 
 
-def plot(path, rows, providers, tag):
+def plot(path, rows, providers, tag, title="LIF"):
     dtypes = sorted({r["dtype"] for r in rows}, key=list(C.DTYPES).index)
     fig, axes = C.new_figure(len(PASSES), len(dtypes))
     for j, dtype_name in enumerate(dtypes):
@@ -499,7 +553,7 @@ def plot(path, rows, providers, tag):
             ax.set_title(f"{pass_name}, {dtype_name}, N=2^{n_max.bit_length() - 1}", fontsize=9)
             ax.grid(True, which="both", alpha=0.3)
             C.finish_axis(ax)
-    C.save_figure(fig, path, "LIF", tag)
+    C.save_figure(fig, path, title, tag)
 
 
 # --------------------------------------------------------------------------------------------
@@ -507,6 +561,8 @@ def plot(path, rows, providers, tag):
 
 def main(argv=None) -> int:
     p = C.base_parser(__doc__.split("\n\n")[0])
+    p.add_argument("--neuron", default="lif,ilif",
+                   help="comma-separated: lif (binary spikes), ilif (integer spike counts); each writes <name>.csv/md/png")
     p.add_argument("--T", default=None, help="comma-separated T values (overrides the sweep)")
     p.add_argument("--N", default=None, help="comma-separated N values, e.g. 2^16,2^20 (overrides the sweep)")
     p.add_argument("--dtypes", default=None, help="comma-separated: fp32,bf16,fp16 (overrides the sweep)")
@@ -516,26 +572,44 @@ def main(argv=None) -> int:
     p.add_argument("--no-check", action="store_true", help="skip the agreement check against the eager reference")
     p.add_argument("--sj-worker", default=None, help=argparse_hidden())
     args = p.parse_args(argv)
+    neurons = C.parse_list(args.neuron) or ["lif"]
+    unknown = [n for n in neurons if n not in NEURONS]
+    if unknown:
+        raise SystemExit(f"--neuron: unknown {unknown}; choose from {', '.join(NEURONS)}")
     if args.replot:
         rows, tag = C.read_rows(args.replot)
-        plot(C.png_beside(args.replot), rows, C.providers_that_ran(rows, ALL_PROVIDERS), tag)
+        stem = os.path.splitext(os.path.basename(args.replot))[0]
+        title = NEURONS[stem].title if stem in NEURONS else "LIF"
+        plot(C.png_beside(args.replot), rows, C.providers_that_ran(rows, ALL_PROVIDERS), tag, title)
         return 0
     device = C.pick_device(args)
     wanted = C.wanted_providers(args, ALL_PROVIDERS)
 
     if args.sj_worker:  # a subprocess timing one spikingjelly implementation; writes JSON rows
         skips = C.SkipLog()
-        rows = run_sweep(args, device, wanted, skips)
+        rows = run_sweep(args, device, wanted, skips, NEURONS[neurons[0]])
         with open(args.sj_worker, "w") as f:
             json.dump({"rows": rows, "skips": skips.reasons}, f)
         return 0
 
     tag = C.announce_device(device, args.note)
     warmup_ms, rep_ms = C.timing_budget(args, device)
-    print("bytes per pass (b = bytes per element of x):")
+    print("bytes per pass (b = bytes per element of x; the same for both neurons):")
     for k in PASSES:
         print(f"  {k}: {BYTE_FORMULAS[k]}")
+    # one copy bandwidth for every neuron of this run
+    copy_bytes = int((args.copy_mib or (16 if args.smoke else 1024 if device.type == "cuda" else 256)) * 2**20)
+    copy_gbps, copy_ms = C.copy_bandwidth(device, copy_bytes, warmup_ms, max(rep_ms, 50.0))
+    print(f"copy bandwidth: {copy_gbps:.1f} GB/s ({copy_bytes / 2**20:.0f} MiB copy, read + written)", flush=True)
+    for name in neurons:
+        neuron = NEURONS[name]
+        print(f"\n==== {neuron.title} ({name})", flush=True)
+        run_neuron(args, device, wanted, neuron, tag, copy_gbps, copy_ms, copy_bytes)
+    return 0
 
+
+def run_neuron(args, device, wanted, neuron: Neuron, tag, copy_gbps, copy_ms, copy_bytes) -> str:
+    """Sweep, derive, report and write the files of one neuron; returns the output folder."""
     skips = C.SkipLog()
     rows = []
     sj_auto = ""
@@ -543,31 +617,28 @@ def main(argv=None) -> int:
     if device.type == "cuda":
         sj_wanted = [w for w in wanted if w.startswith("sj-")]
         if sj_wanted:  # before this process allocates anything large
-            sj_rows, sj_skips = run_sj_workers(args, device, sj_wanted)
+            sj_rows, sj_skips = run_sj_workers(args, device, sj_wanted, neuron)
             rows.extend(sj_rows)
             skips.reasons.update(sj_skips)
-            sj_auto = sj_auto_choice(device)
+            sj_auto = sj_auto_choice(device, neuron)
             print(f"spikingjelly's own pick here: {sj_auto}", flush=True)
     else:
         for w in [w for w in wanted if w.startswith("sj-") and w != "sj-torch"]:
             skips.skip(w, "spikingjelly runs only its torch reference on CPU (that is sj-torch)")
         in_process = [w for w in in_process if not (w.startswith("sj-") and w != "sj-torch")]
 
-    copy_bytes = int((args.copy_mib or (16 if args.smoke else 1024 if device.type == "cuda" else 256)) * 2**20)
-    copy_gbps, copy_ms = C.copy_bandwidth(device, copy_bytes, warmup_ms, max(rep_ms, 50.0))
-    print(f"copy bandwidth: {copy_gbps:.1f} GB/s ({copy_bytes / 2**20:.0f} MiB copy, read + written)", flush=True)
-
-    rows.extend(run_sweep(args, device, in_process, skips))
+    rows.extend(run_sweep(args, device, in_process, skips, neuron))
     add_derived(rows, copy_gbps)
     rows.sort(key=lambda r: (list(C.DTYPES).index(r["dtype"]), r["N"], r["T"], PASSES.index(r["pass"]),
                              list(ALL_PROVIDERS).index(r["provider"])))
     tag.finish()
-    target_list = targets(rows, device)
+    target_list = targets(rows, device, neuron)
     target_md = C.report_targets(target_list)
     out_dir = args.out or C.default_out_dir(tag)
-    write_outputs(out_dir, rows, tag, copy_gbps, copy_ms, copy_bytes, wanted, skips.reasons, target_md, sj_auto)
-    print(f"\nwrote {out_dir}/lif.csv, lif.md, lif.png", flush=True)
-    return 0
+    write_outputs(out_dir, rows, tag, copy_gbps, copy_ms, copy_bytes, wanted, skips.reasons, target_md, sj_auto,
+                  neuron)
+    print(f"\nwrote {out_dir}/{neuron.name}.csv, {neuron.name}.md, {neuron.name}.png", flush=True)
+    return out_dir
 
 
 def argparse_hidden():

@@ -9,7 +9,9 @@
 #   tests-kernels  tests/test_lif.py, test_lif_cpp.py, test_lif_cuda.py, test_tks_loss.py, test_kd_loss.py
 #   tests-models   the module, replacement, model, training and evaluation tests
 #   bench-loss     bench_tks_loss.py, bench_kd_loss.py and bench_train_step.py into OUT_DIR
-#   bench-lif      bench_lif.py into OUT_DIR
+#   bench-lif      bench_lif.py --neuron lif (binary spikes) into OUT_DIR
+#   bench-ilif     bench_lif.py --neuron ilif (integer spike counts, against spikingjelly's ILIF) into OUT_DIR
+#   tests-counts   only the integer-count, memory-format and double-backward LIF tests (a short check)
 # Test phases write junit XML and the pytest log to OUT_DIR (default: $OUT, else ./gpu-check).
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -58,10 +60,20 @@ case "$phase" in
         SCRIPTS="bench_tks_loss bench_kd_loss bench_train_step" bash bench/run_all.sh "$out" --note "${NOTE:-gpu_check.sh}"
         ;;
     bench-lif)
-        SCRIPTS="bench_lif" bash bench/run_all.sh "$out" --note "${NOTE:-gpu_check.sh}"
+        SCRIPTS="bench_lif" bash bench/run_all.sh "$out" --neuron lif --note "${NOTE:-gpu_check.sh}"
+        ;;
+    bench-ilif)
+        # bench_lif.py directly: run_all.sh would write the same bench_lif.log as bench-lif
+        "$PYTHON" bench/bench_lif.py --neuron ilif --out "$out" --note "${NOTE:-gpu_check.sh}" 2>&1 \
+            | tee "$out/bench_ilif.log"
+        exit "${PIPESTATUS[0]}"
+        ;;
+    tests-counts)
+        run_tests tests-counts tests/test_lif.py tests/test_lif_cuda.py \
+            -k "count or memory_format or double_backward or not_differentiable or in_place"
         ;;
     *)
-        echo "usage: bash bench/gpu_check.sh setup|tests-kernels|tests-models|bench-loss|bench-lif [OUT_DIR]" >&2
+        echo "usage: bash bench/gpu_check.sh setup|tests-kernels|tests-models|bench-loss|bench-lif|bench-ilif|tests-counts [OUT_DIR]" >&2
         exit 2
         ;;
 esac

@@ -746,6 +746,13 @@ def check_count_ties_and_saturation(backend, device):
             (gx,) = torch.autograd.grad(c.sum(), x)
             inside = torch.cat([(scaled >= lo) & (scaled <= hi), torch.tensor([False, False])])
             assert_equal(gx[0].cpu(), torch.where(inside, torch.tensor(1.0) / th, 0.0), f"{b} dC/dH, v_threshold={th}")
+    # window ends are compared in fp32, as spikingjelly's (a tensor-scalar compare rounds the bound):
+    # H / v_threshold = fp32(0.7) < 0.7 is inside the window [0.7, 0.7]
+    x = torch.tensor([[0.7]], device=device).requires_grad_()
+    for b in ["reference", backend]:
+        fn = lif_multistep_reference if b == "reference" else lambda *a, **k: lif_multistep(*a, backend=backend, **k)
+        c, _ = fn(x, tau=None, v_reset=None, decay_input=False, max_spike_count=2, grad_window=(0.7, 0.7))
+        assert torch.autograd.grad(c.sum(), x)[0].item() == 1.0, b
 
 
 def test_triton_count_ties_and_saturation(device):

@@ -1,9 +1,10 @@
 """What the LIF torch ops need in Python, for every op with their schemas: the C++ extension's
 ``tks::lif_forward`` / ``lif_backward`` (lif/extension.py) and the Triton ones
 ``tks_triton::lif_forward`` / ``lif_backward`` (lif/triton.py, for torch.compile). Fake (meta)
-implementations, so ``torch.compile(fullgraph=True)`` traces them, and the autograd formula of
-the forward (its backward is the backward op). Saved: ``h`` fp32 [T, *], plus ``x_seq`` and
-``v_init`` only for a learnable leak.
+implementations with the kernels' output strides (lif/layout.py), so ``torch.compile(fullgraph=True)``
+traces them, and the autograd formula of the forward (its backward is the backward op, which
+refuses to be differentiated). Saved: ``h`` fp32 [T, *], plus ``x_seq`` and ``v_init`` only for
+a learnable leak. The same ops serve binary spikes and integer counts (``max_spike_count`` > 0).
 """
 from __future__ import annotations
 
@@ -111,9 +112,10 @@ def register_lif_autograd(forward_name: str, backward_op, backward_name: str, ba
     that call is made).
 
     The backward op itself is not differentiable. Without an autograd kernel torch would only warn
-    and treat it as a constant (a zero second derivative), so calling it with any input that
-    requires grad, in grad mode, raises at once: that is what a compiled backward run with
-    ``create_graph=True`` does, where the forward op's formula above is not called."""
+    and treat it as a constant (a zero second derivative), so calling it in grad mode with any
+    input that requires grad (differentiating through the op itself, as a backward graph traced
+    with it would) raises at once. (torch.compile refuses a double backward of its compiled
+    graphs itself.)"""
     torch.library.register_autograd(forward_name, make_lif_forward_backward(backward_op, forward_name, backend_of),
                                     setup_context=lif_setup_context)
 
