@@ -48,12 +48,13 @@ def lif_variants(capability):
         yield compile_variant(
             f"lif_forward leak={leak}", lif_triton._lif_forward_kernel, fwd_sig,
             dict(HAS_V_INIT=True, LEAK=leak, DECAY_INPUT=True, SOFT_RESET=False, STORE_V_SEQ=False, SAVE_H=True,
-                 COUNT=False, BLOCK=lif_triton.BLOCK, NUM_STAGES=lif_triton.NUM_STAGES), opts, capability)
-    for leak in (1, 2):  # integer spike counts (I-LIF)
+                 COUNT=False, LIF_CHARGE=False, BLOCK=lif_triton.BLOCK, NUM_STAGES=lif_triton.NUM_STAGES), opts, capability)
+    for leak in (1, 2):  # integer spike counts (I-LIF); the LIF charge with the float tau
         yield compile_variant(
             f"lif_forward count leak={leak}", lif_triton._lif_forward_kernel, fwd_sig,
             dict(HAS_V_INIT=True, LEAK=leak, DECAY_INPUT=False, SOFT_RESET=True, STORE_V_SEQ=False, SAVE_H=True,
-                 COUNT=True, BLOCK=lif_triton.BLOCK, NUM_STAGES=lif_triton.NUM_STAGES), opts, capability)
+                 COUNT=True, LIF_CHARGE=leak == 1, BLOCK=lif_triton.BLOCK, NUM_STAGES=lif_triton.NUM_STAGES), opts,
+            capability)
     bwd_sig = dict(grad_spike_ptr=F32, grad_v_ptr=F32, h_ptr=F32, x_ptr=F32, v_init_ptr=F32, decay_ptr=F32,
                    grad_x_ptr=F32, grad_v_init_ptr=F32, grad_decay_partial_ptr="*fp64",
                    T="i32", N="i64", stride_xt="i64", last_row="i64", last_x_row="i64",
@@ -65,13 +66,13 @@ def lif_variants(capability):
             f"lif_backward surrogate={surrogate} leak={leak}", lif_triton._lif_backward_kernel, bwd_sig,
             dict(HAS_GRAD_SPIKE=True, HAS_GRAD_V=True, HAS_V_INIT=True, LEAK=leak, DECAY_INPUT=True,
                  SOFT_RESET=False, DETACH_RESET=False, SURROGATE=sid, STORE_V_SEQ=False, GRAD_DECAY=leak == 2,
-                 COUNT=False, BLOCK=lif_triton.BLOCK, NUM_STAGES=lif_triton.NUM_STAGES), opts, capability)
+                 COUNT=False, LIF_CHARGE=False, BLOCK=lif_triton.BLOCK, NUM_STAGES=lif_triton.NUM_STAGES), opts, capability)
     for leak in (1, 2):  # integer spike counts, the learnable leak's reduction with leak=2
         yield compile_variant(
             f"lif_backward count leak={leak}", lif_triton._lif_backward_kernel, bwd_sig,
             dict(HAS_GRAD_SPIKE=True, HAS_GRAD_V=True, HAS_V_INIT=True, LEAK=leak, DECAY_INPUT=False,
                  SOFT_RESET=True, DETACH_RESET=False, SURROGATE=0, STORE_V_SEQ=False, GRAD_DECAY=leak == 2,
-                 COUNT=True, BLOCK=lif_triton.BLOCK, NUM_STAGES=lif_triton.NUM_STAGES), opts, capability)
+                 COUNT=True, LIF_CHARGE=leak == 1, BLOCK=lif_triton.BLOCK, NUM_STAGES=lif_triton.NUM_STAGES), opts, capability)
 
 
 def loss_variants(capability):

@@ -822,6 +822,56 @@ def check_counts_against_spikingjelly(case, backends, device="cpu"):
         assert_rel_close(grad.cpu(), sj_grad, TOL, f"{backend} grad_x")
 
 
+def check_counts_lif_charge(backend, device, leak):
+    """count_charge="lif" (H = V - V / tau + X): fused against the reference."""
+    x, v_init, leak_kw = make_case((6, 3, 211), torch.float32, device, leak, scale=2.0)
+    compare(x, v_init, leak_kw, backend=backend, count_charge="lif", store_v_seq=leak == "lif",
+            **count_options(4, "wider", detach_reset=leak == "tau_tensor"))
+
+
+@pytest.mark.parametrize("leak", LEAKS)
+def test_triton_counts_lif_charge(device, leak):
+    check_counts_lif_charge("triton", device, leak)
+
+
+@pytest.mark.parametrize("detach", [False, True])
+def test_count_lif_charge_is_spikingjelly_single_step(detach):
+    """spikingjelly's ILIFNode in step_mode='s' charges through LIFNode (V - V / tau + X), not its
+    ILIF op's (1 - 1/tau) V + X: count_charge="lif" gives its counts and v bit for bit, step by
+    step and in one multi-step call; the default charge gives the same counts and v to an ulp."""
+    tau, th, D = 1.7, 0.8, 4
+    torch.manual_seed(3)
+    node = sj.ILIFNode(tau=tau, v_threshold=th, surrogate_function=sj_surrogate.MultiLevelSpikeCount(D, grad_window=(0.5, 3.5)),
+                       detach_reset=detach, step_mode="s")
+    x = (torch.randn(8, 4, 500) * 2).requires_grad_()
+    sj_c, sj_v = [], []
+    for t in range(8):
+        sj_c.append(node(x[t]))
+        sj_v.append(node.v)
+    sj_c, sj_v = torch.stack(sj_c), torch.stack(sj_v)
+    w = torch.randn_like(sj_c)
+    (sj_grad,) = torch.autograd.grad((sj_c * w).sum() + (sj_v ** 2).sum(), x)
+    opts = dict(tau=tau, v_threshold=th, v_reset=None, decay_input=False, max_spike_count=D, grad_window=(0.5, 3.5),
+                detach_reset=detach)
+    xs = x.detach().requires_grad_()
+    v, c_steps, v_steps = None, [], []
+    for t in range(8):  # one step per call, as the module's single-step mode
+        c, v = lif_multistep_reference(xs[t:t + 1], v, count_charge="lif", **opts)
+        c_steps.append(c[0])
+        v_steps.append(v)
+    c_steps, v_steps = torch.stack(c_steps), torch.stack(v_steps)
+    assert_equal(c_steps.detach(), sj_c.detach(), "counts")
+    assert_equal(v_steps.detach(), sj_v.detach(), "v (bit for bit)")
+    (grad,) = torch.autograd.grad((c_steps * w).sum() + (v_steps ** 2).sum(), xs)
+    assert_rel_close(grad, sj_grad, TOL, "grad_x")
+    c_m, v_m = lif_multistep_reference(x.detach(), count_charge="lif", store_v_seq=True, **opts)
+    assert_equal(c_m, sj_c.detach(), "counts, one call")
+    assert_equal(v_m, sj_v.detach(), "v, one call")
+    c_i, v_i = lif_multistep_reference(x.detach(), store_v_seq=True, **opts)
+    assert not torch.equal(v_i, sj_v.detach()), "the charges round apart (else this test shows nothing)"
+    assert_rel_close(v_i, sj_v.detach(), 1e-6, "v, the default charge")
+
+
 def test_counts_bad_input_raises_before_any_kernel(monkeypatch):
     """Every option that has no meaning with counts is a ValueError naming the argument, raised
     by the argument checks (the dispatch to a kernel is never reached)."""
@@ -854,6 +904,8 @@ def test_counts_bad_input_raises_before_any_kernel(monkeypatch):
         (dict(v_threshold=0.0), "needs v_threshold > 0"),
         (dict(v_threshold=-1.0), "needs v_threshold > 0"),
         (dict(max_spike_count=None, grad_window=(0.0, 1.0)), "pass max_spike_count=D too"),
+        (dict(count_charge="LIF"), "count_charge='LIF' is not supported; choose one of 'ilif', 'lif'"),
+        (dict(max_spike_count=None, count_charge="lif"), "count_charge='lif' is the charge of count firing"),
     ]
     for change, match in cases:
         for backend in ["auto", "torch", "cpp", "triton"]:
@@ -910,10 +962,15 @@ def check_count_opcheck(ns, device):
                           (x, v_init, None, 1, 4 / 3, False, 0.5, 0.0, True, False, 0, 4.0, False, True, 4, 0.0, 4.0))
     torch.library.opcheck(ns.lif_forward.default,
                           (x, v_init, decay, 2, 2.0, False, 0.3, 0.0, True, True, 0, 4.0, True, True, 15, -1.0, 9.0))
+    torch.library.opcheck(ns.lif_forward.default,  # the LIF charge (count_lif_charge)
+                          (x, v_init, None, 1, 1.7, False, 0.5, 0.0, True, False, 0, 4.0, False, True, 3, 0.0, 3.0, True))
     h = torch.randn(5, 3, 17, device=device) * 2
     torch.library.opcheck(ns.lif_backward.default, (
         torch.randn(5, 3, 17, device=device), torch.randn(3, 17, device=device), h, None, v_init.detach(),
         decay.detach(), 2, 2.0, False, 0.5, 0.0, True, False, 0, 4.0, False, torch.float32, True, 4, 0.5, 3.0))
+    torch.library.opcheck(ns.lif_backward.default, (
+        torch.randn(5, 3, 17, device=device), None, h, None, v_init.detach(), decay.detach(), 2, 2.0, False, 0.5,
+        0.0, True, False, 0, 4.0, False, torch.float32, True, 4, 0.0, 4.0, True))
 
 
 def check_count_compile(backend, device):

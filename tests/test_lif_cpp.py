@@ -18,7 +18,7 @@ from tks_kernels.lif import config as lif_config
 from _utils import assert_equal, assert_rel_close
 from test_lif import (COUNT_GRID, COUNT_IDS, GRID, LAYOUTS, LEAKS, RESETS, SJ_COUNT_CASES, SJ_GRID, TOL,
                       check_backward_op_not_differentiable, check_compiled_double_backward_refused, check_count_case,
-                      check_count_compile, check_count_opcheck, check_count_saved_bytes, check_count_ties_and_saturation,
+                      check_count_compile, check_counts_lif_charge, check_count_opcheck, check_count_saved_bytes, check_count_ties_and_saturation,
                       check_counts_against_spikingjelly, check_counts_non_contiguous, check_double_backward_refused,
                       check_low_precision, check_memory_format, check_reads_x_in_place, check_spikingjelly_agreement,
                       compare, count_options, leak_grad_scale, make_case, run)
@@ -204,14 +204,15 @@ for dtype in [torch.float32, torch.bfloat16, torch.float16]:
         s, v = lif_multistep(x, decay=decay, v_threshold=0.5, surrogate=surrogate, store_v_seq=True, backend="cpp")
         gx, gd = torch.autograd.grad((s.float() * torch.randn(s.shape, generator=g)).sum() + v.sum(), [x, decay])
         out[(str(dtype), surrogate)] = (s, v, gx, gd)
-    for th in [1.0, 0.3]:  # spike counts: V_th a power of two (H * 1/V_th) and not (H / V_th)
+    # spike counts: V_th a power of two (H * 1/V_th) and not (H / V_th); both charges
+    for th, charge in [(1.0, "ilif"), (0.3, "ilif"), (0.3, "lif")]:
         g = torch.Generator().manual_seed(1)
         x = (torch.randn(5, 3, 3001, generator=g) * 3).to(dtype).requires_grad_()
         decay = torch.tensor(0.4, requires_grad=True)
         s, v = lif_multistep(x, decay=decay, v_threshold=th, v_reset=None, decay_input=False, max_spike_count=7,
-                             grad_window=(0.5, 6.0), store_v_seq=True, backend="cpp")
+                             grad_window=(0.5, 6.0), store_v_seq=True, count_charge=charge, backend="cpp")
         gx, gd = torch.autograd.grad((s.float() * torch.randn(s.shape, generator=g)).sum() + v.sum(), [x, decay])
-        out[(str(dtype), f"count th={th}")] = (s, v, gx, gd)
+        out[(str(dtype), f"count th={th} {charge}")] = (s, v, gx, gd)
 torch.save(out, sys.argv[1])
 """
 
@@ -288,16 +289,21 @@ def test_cpp_count_ties_and_saturation():
 
 def test_cpp_counts_forward_is_bitwise_the_reference():
     """fp32 counts and v equal the reference bit for bit, with V_th a power of two (the kernel
-    multiplies by its exact reciprocal) and not (it divides)."""
+    multiplies by its exact reciprocal) and not (it divides), with either charge."""
     for leak in LEAKS:
-        for th in [0.5, 1.0, 0.3, 1.7]:
+        for th, charge in [(0.5, "ilif"), (1.0, "lif"), (0.3, "ilif"), (1.7, "lif")]:
             x, v_init, leak_kw = make_case((9, 4099), torch.float32, CPU, leak, scale=3.0)
-            kw = dict(count_options(5, v_threshold=th), store_v_seq=True)
+            kw = dict(count_options(5, v_threshold=th), store_v_seq=True, count_charge=charge)
             with torch.no_grad():
                 s_ref, v_ref = lif_multistep_reference(x, v_init, **leak_kw, **kw)
                 s, v = lif_multistep(x, v_init, **leak_kw, **kw, backend="cpp")
             assert_equal(s, s_ref, f"{leak} counts, v_threshold={th}")
             assert_equal(v, v_ref, f"{leak} v, v_threshold={th}")
+
+
+@pytest.mark.parametrize("leak", LEAKS)
+def test_cpp_counts_lif_charge(leak):
+    check_counts_lif_charge("cpp", CPU, leak)
 
 
 @pytest.mark.parametrize("case", range(len(SJ_COUNT_CASES)))

@@ -19,7 +19,7 @@ from tks_kernels.lif import SURROGATES, lif_multistep
 from _utils import assert_equal, assert_rel_close
 from test_lif import (COUNT_GRID, COUNT_IDS, GRID, LAYOUTS, LEAKS, RESETS, SJ_COUNT_CASES, TOL, check_64bit_offsets,
                       check_backward_op_not_differentiable, check_compiled_double_backward_refused, check_count_case,
-                      check_count_compile, check_count_opcheck, check_count_saved_bytes, check_count_ties_and_saturation,
+                      check_count_compile, check_counts_lif_charge, check_count_opcheck, check_count_saved_bytes, check_count_ties_and_saturation,
                       check_counts_against_spikingjelly, check_counts_non_contiguous, check_double_backward_refused,
                       check_low_precision, check_memory_format, compare, count_options, leak_grad_scale, make_case, run)
 
@@ -392,6 +392,12 @@ def test_cuda_counts_low_precision(dtype, leak):
 @needs_gpu
 def test_cuda_count_ties_and_saturation():
     check_count_ties_and_saturation("cuda", "cuda")
+
+
+@needs_gpu
+@pytest.mark.parametrize("leak", LEAKS)
+def test_cuda_counts_lif_charge(leak):
+    check_counts_lif_charge("cuda", "cuda", leak)
 
 
 @needs_gpu

@@ -62,7 +62,7 @@ inline void check_float(const char* op, const char* name, const at::Tensor& t) {
 
 inline LIFParams make_params(int64_t leak, double tau, bool decay_input, double v_threshold, double v_reset,
                              bool soft_reset, bool detach_reset, int64_t surrogate, double alpha, bool store_v_seq,
-                             int64_t max_spike_count, double grad_min, double grad_max) {
+                             int64_t max_spike_count, double grad_min, double grad_max, bool count_lif_charge) {
   const char* op = "tks::lif";
   TORCH_CHECK(leak == kLeakIF || leak == kLeakDiv || leak == kLeakMul, op,
               ": leak must be 0 (IF), 1 (float tau) or 2 (decay tensor), got ", leak);
@@ -89,6 +89,7 @@ inline LIFParams make_params(int64_t leak, double tau, bool decay_input, double 
   p.count = static_cast<float>(max_spike_count);
   p.count_decay = 1.0f;
   p.grad_min = p.grad_max = p.inv_threshold = 0.0f;
+  p.count_lif_charge = max_spike_count > 0 && count_lif_charge;
   if (max_spike_count > 0) {
     TORCH_CHECK(soft_reset && !decay_input, op, ": spike counts (max_spike_count > 0) need soft_reset=True and "
                 "decay_input=False");
@@ -96,7 +97,7 @@ inline LIFParams make_params(int64_t leak, double tau, bool decay_input, double 
     TORCH_CHECK(std::isfinite(grad_min) && std::isfinite(grad_max) && grad_min <= grad_max, op,
                 ": the gradient window must be finite with grad_min <= grad_max, got [", grad_min, ", ", grad_max, "]");
     // spikingjelly's reference: the Python float 1 - 1/tau (double), rounded to fp32 by the tensor-scalar product
-    if (leak == kLeakDiv) p.count_decay = static_cast<float>(1.0 - 1.0 / tau);
+    if (leak == kLeakDiv && !count_lif_charge) p.count_decay = static_cast<float>(1.0 - 1.0 / tau);
     p.grad_min = static_cast<float>(grad_min);
     p.grad_max = static_cast<float>(grad_max);
     p.inv_threshold = 1.0f / p.v_threshold;
@@ -384,7 +385,7 @@ TensorTriple lif_forward_impl(c10::DeviceType kernel, const at::Tensor& x_seq, c
                               const std::optional<at::Tensor>& decay, int64_t leak, double tau, bool decay_input,
                               double v_threshold, double v_reset, bool soft_reset, bool detach_reset,
                               int64_t surrogate, double alpha, bool store_v_seq, bool save_h, int64_t max_spike_count,
-                              double grad_min, double grad_max, Launch launch) {
+                              double grad_min, double grad_max, bool count_lif_charge, Launch launch) {
   const char* op = "tks::lif_forward";
   const at::Device device = x_seq.device();
   check_device(op, "x_seq", x_seq, device, kernel);
@@ -392,7 +393,7 @@ TensorTriple lif_forward_impl(c10::DeviceType kernel, const at::Tensor& x_seq, c
   TORCH_CHECK(x_seq.dim() >= 1 && x_seq.size(0) >= 1, op, ": x_seq must have shape [T, *] with T >= 1, got ",
               x_seq.sizes());
   const LIFParams p = make_params(leak, tau, decay_input, v_threshold, v_reset, soft_reset, detach_reset, surrogate,
-                                  alpha, store_v_seq, max_spike_count, grad_min, grad_max);
+                                  alpha, store_v_seq, max_spike_count, grad_min, grad_max, count_lif_charge);
   const at::IntArrayRef step_shape = x_seq.sizes().slice(1);
   const StepLayout layout = step_layout(x_seq);
   const auto v0 = state_fp32(op, "v_init", v_init, step_shape, layout, device, kernel);
@@ -429,7 +430,7 @@ TensorTriple lif_backward_impl(c10::DeviceType kernel, const std::optional<at::T
                                double v_threshold, double v_reset, bool soft_reset, bool detach_reset,
                                int64_t surrogate, double alpha, bool store_v_seq, at::ScalarType x_dtype,
                                bool need_grad_decay, int64_t max_spike_count, double grad_min, double grad_max,
-                               Launch launch) {
+                               bool count_lif_charge, Launch launch) {
   const char* op = "tks::lif_backward";
   const at::Device device = h.device();
   check_device(op, "h", h, device, kernel);
@@ -438,7 +439,7 @@ TensorTriple lif_backward_impl(c10::DeviceType kernel, const std::optional<at::T
               " (was the forward called with save_h=False?)");
   const DType dtype = check_io_dtype(op, "x_dtype", x_dtype);
   const LIFParams p = make_params(leak, tau, decay_input, v_threshold, v_reset, soft_reset, detach_reset, surrogate,
-                                  alpha, store_v_seq, max_spike_count, grad_min, grad_max);
+                                  alpha, store_v_seq, max_spike_count, grad_min, grad_max, count_lif_charge);
   const at::IntArrayRef step_shape = h.sizes().slice(1);
   // the forward wrote h in its layout; the gradients (and x, v_init) are brought to it
   const StepLayout layout = saved_layout(h);

@@ -173,12 +173,15 @@ void forward_chunk(const LIFParams& p, const LIFForwardArgs& a, float decay, int
 
 // I-LIF (integer spike counts): the same walk over time as forward_chunk. EXACT_INV: V_th is a power
 // of two, so H * (1 / V_th) is H / V_th exactly (one product for a division; V_th = 1 by default).
-template <typename IO, int LEAK, bool EXACT_INV>
-void count_forward_chunk(const LIFParams& p, const LIFForwardArgs& a, float decay, int64_t n0, int64_t len) {
+// `decay` is the factor of V (fp32(1 - 1/tau), 1 - k); LIF_CHARGE: the LIF's V - V / tau + X
+// (V - V * k + X) instead, k the decay tensor's value.
+template <typename IO, int LEAK, bool EXACT_INV, bool LIF_CHARGE>
+void count_forward_chunk(const LIFParams& p, const LIFForwardArgs& a, float decay, float k, int64_t n0,
+                         int64_t len) {
   using elem = typename IO::elem;
   alignas(64) float v_local[kChunk];
   alignas(64) float h_local[kChunk];
-  const float v_th = p.v_threshold, inv_th = p.inv_threshold, count = p.count;
+  const float v_th = p.v_threshold, inv_th = p.inv_threshold, count = p.count, tau = p.tau;
   const bool store_v_seq = p.store_v_seq;
   if (a.v_init != nullptr) {
     std::copy(a.v_init + n0, a.v_init + n0 + len, v_local);
@@ -196,7 +199,9 @@ void count_forward_chunk(const LIFParams& p, const LIFForwardArgs& a, float deca
     float* v_next = store_v_seq ? a.v_out + row : v_local;
 #pragma omp simd
     for (int64_t i = 0; i < len; ++i) {
-      const float hi = count_charge(LEAK, v_prev[i], IO::load(x[i]), decay);
+      const float xi = IO::load(x[i]);
+      const float hi = LIF_CHARGE ? lif_charge(LEAK, false, v_prev[i], xi, tau, k, 0.0f)
+                                  : count_charge(LEAK, v_prev[i], xi, decay);
       const float c = spike_count(EXACT_INV ? hi * inv_th : hi / v_th, count);
       h[i] = hi;
       spikes[i] = IO::store(c);
@@ -317,11 +322,13 @@ double backward_chunk(const LIFParams& p, const LIFBackwardArgs& a, float decay,
 }
 
 // I-LIF backward: gh = gs * dC/dH + gv * dV/dH (dV/dH = 1 - V_th * dC/dH, or 1 with detach_reset),
-// grad_x = gh, dL/dV[t-1] = gh * decay; the learnable leak's factor dH/d(decay_tensor) = -V[t-1].
+// grad_x = gh, dL/dV[t-1] = gh * decay (LIF_CHARGE: gh - gh / tau, gh - gh * k, the LIF's, as
+// autograd through its charge); the learnable leak's factor dH/dk = -V[t-1] either way.
 // PLAIN: spike gradients present, no per-step v gradient, no learnable leak (the common case:
 // no zero buffers to read, no gh buffer).
-template <typename IO, bool EXACT_INV, bool PLAIN>
-double count_backward_chunk(const LIFParams& p, const LIFBackwardArgs& a, float decay, int64_t n0, int64_t len) {
+template <typename IO, bool EXACT_INV, bool PLAIN, bool LIF_CHARGE>
+double count_backward_chunk(const LIFParams& p, const LIFBackwardArgs& a, float decay, float k, int64_t n0,
+                            int64_t len) {
   using elem = typename IO::elem;
   alignas(64) float gv_next[kChunk];
   alignas(64) float gh_local[kChunk];
@@ -332,6 +339,10 @@ double count_backward_chunk(const LIFParams& p, const LIFBackwardArgs& a, float 
   const float v_th = p.v_threshold, inv_th = p.inv_threshold, count = p.count;
   const float lo = p.grad_min, hi_w = p.grad_max;
   const float th_reset = p.detach_reset ? 0.0f : v_th;  // 1 - 0 * g == 1 exactly
+  // the LIF charge's gh_k = gh / tau (float tau) or gh * k (tensor), as coefficients (0 for IF):
+  // x / 1 * 0 + x * 0 and x / tau * 1 + x * 0 are exact, so gh - gh_k rounds as the reference
+  const float div_on = p.leak == kLeakDiv ? 1.0f : 0.0f, tau_div = p.leak == kLeakDiv ? p.tau : 1.0f;
+  const float k_mul = p.leak == kLeakMul ? k : 0.0f;
   const bool grad_decay = a.grad_decay != nullptr;
   const bool grad_v_seq = a.grad_v != nullptr && p.store_v_seq;
   if (!PLAIN) {
@@ -366,7 +377,7 @@ double count_backward_chunk(const LIFParams& p, const LIFBackwardArgs& a, float 
         float gh = gv_next[i] * (1.0f - th_reset * g);
         gh = IO::load(gs[i]) * g + gh;
         gx[i] = IO::store(gh);
-        gv_next[i] = gh * decay;
+        gv_next[i] = LIF_CHARGE ? gh - (gh / tau_div * div_on + gh * k_mul) : gh * decay;
       }
       continue;
     }
@@ -381,7 +392,7 @@ double count_backward_chunk(const LIFParams& p, const LIFBackwardArgs& a, float 
       float gh = gv * (1.0f - th_reset * g);
       gh = IO::load(gs[i]) * g + gh;
       gx[i] = IO::store(gh);
-      gv_next[i] = gh * decay;
+      gv_next[i] = LIF_CHARGE ? gh - (gh / tau_div * div_on + gh * k_mul) : gh * decay;
       gh_local[i] = gh;
     }
     if (!grad_decay) continue;
@@ -413,33 +424,46 @@ inline bool exact_reciprocal(float v_th) {
   return std::frexp(v_th, &exponent) == 0.5f && exponent > -125 && exponent < 127;
 }
 
-template <typename IO, int LEAK, bool EXACT_INV>
+// the factor of V in the I-LIF charge: fp32(1 - 1/tau), 1 - k (as the reference's 1 - decay in
+// fp32), 1 for IF; and k itself, the decay tensor's value (0 without one)
+inline float count_decay_of(const LIFParams& p, const float* decay_tensor) {
+  return p.leak == kLeakMul ? 1.0f - *decay_tensor : (p.leak == kLeakDiv ? p.count_decay : 1.0f);
+}
+
+inline float decay_value(const LIFParams& p, const float* decay_tensor) {
+  return p.leak == kLeakMul ? *decay_tensor : 0.0f;
+}
+
+template <typename IO, int LEAK, bool EXACT_INV, bool LIF_CHARGE>
 void count_forward_all(const LIFParams& p, const LIFForwardArgs& a) {
-  // the factor of V: fp32(1 - 1/tau), 1 - decay_tensor (as the reference's 1 - decay in fp32), 1 for IF
-  const float decay = LEAK == kLeakMul ? 1.0f - *a.decay : (LEAK == kLeakDiv ? p.count_decay : 1.0f);
+  const float decay = count_decay_of(p, a.decay), k = decay_value(p, a.decay);
   const int64_t chunks = num_chunks(a.N);
 #pragma omp parallel for schedule(static) if (parallel(a.T, a.N))
   for (int64_t c = 0; c < chunks; ++c) {
     const int64_t n0 = c * kChunk;
-    count_forward_chunk<IO, LEAK, EXACT_INV>(p, a, decay, n0, std::min(kChunk, a.N - n0));
+    count_forward_chunk<IO, LEAK, EXACT_INV, LIF_CHARGE>(p, a, decay, k, n0, std::min(kChunk, a.N - n0));
   }
 }
 
 template <typename IO, int LEAK>
 void count_forward_leak(const LIFParams& p, const LIFForwardArgs& a) {
-  if (exact_reciprocal(p.v_threshold)) return count_forward_all<IO, LEAK, true>(p, a);
-  count_forward_all<IO, LEAK, false>(p, a);
+  const bool exact = exact_reciprocal(p.v_threshold);
+  if (p.count_lif_charge && LEAK != kLeakIF) {
+    return exact ? count_forward_all<IO, LEAK, true, true>(p, a) : count_forward_all<IO, LEAK, false, true>(p, a);
+  }
+  return exact ? count_forward_all<IO, LEAK, true, false>(p, a) : count_forward_all<IO, LEAK, false, false>(p, a);
 }
 
-template <typename IO, bool EXACT_INV, bool PLAIN>
+template <typename IO, bool EXACT_INV, bool PLAIN, bool LIF_CHARGE>
 void count_backward_all(const LIFParams& p, const LIFBackwardArgs& a) {
-  const float decay = p.leak == kLeakMul ? 1.0f - *a.decay : (p.leak == kLeakDiv ? p.count_decay : 1.0f);
+  const float decay = count_decay_of(p, a.decay), k = decay_value(p, a.decay);
   const int64_t chunks = num_chunks(a.N);
   std::vector<double> partial(chunks, 0.0);
 #pragma omp parallel for schedule(static) if (parallel(a.T, a.N))
   for (int64_t c = 0; c < chunks; ++c) {
     const int64_t n0 = c * kChunk;
-    partial[c] = count_backward_chunk<IO, EXACT_INV, PLAIN>(p, a, decay, n0, std::min(kChunk, a.N - n0));
+    partial[c] =
+        count_backward_chunk<IO, EXACT_INV, PLAIN, LIF_CHARGE>(p, a, decay, k, n0, std::min(kChunk, a.N - n0));
   }
   if (a.grad_decay != nullptr) {
     double sum = 0.0;
@@ -449,14 +473,22 @@ void count_backward_all(const LIFParams& p, const LIFBackwardArgs& a) {
   }
 }
 
-template <typename IO>
-void count_backward_io(const LIFParams& p, const LIFBackwardArgs& a) {
+template <typename IO, bool LIF_CHARGE>
+void count_backward_charge(const LIFParams& p, const LIFBackwardArgs& a) {
   const bool plain = a.grad_spikes != nullptr && !(a.grad_v != nullptr && p.store_v_seq) && a.grad_decay == nullptr;
   const bool exact = exact_reciprocal(p.v_threshold);
   if (plain) {
-    return exact ? count_backward_all<IO, true, true>(p, a) : count_backward_all<IO, false, true>(p, a);
+    return exact ? count_backward_all<IO, true, true, LIF_CHARGE>(p, a)
+                 : count_backward_all<IO, false, true, LIF_CHARGE>(p, a);
   }
-  return exact ? count_backward_all<IO, true, false>(p, a) : count_backward_all<IO, false, false>(p, a);
+  return exact ? count_backward_all<IO, true, false, LIF_CHARGE>(p, a)
+               : count_backward_all<IO, false, false, LIF_CHARGE>(p, a);
+}
+
+template <typename IO>
+void count_backward_io(const LIFParams& p, const LIFBackwardArgs& a) {
+  if (p.count_lif_charge && p.leak != kLeakIF) return count_backward_charge<IO, true>(p, a);
+  count_backward_charge<IO, false>(p, a);
 }
 
 template <typename IO, int LEAK, bool DECAY_INPUT>

@@ -21,13 +21,13 @@ TensorTriple lif_forward_cuda_op(const at::Tensor& x_seq, const std::optional<at
                                  const std::optional<at::Tensor>& decay, int64_t leak, double tau, bool decay_input,
                                  double v_threshold, double v_reset, bool soft_reset, bool detach_reset,
                                  int64_t surrogate, double alpha, bool store_v_seq, bool save_h,
-                                 int64_t max_spike_count, double grad_min, double grad_max) {
+                                 int64_t max_spike_count, double grad_min, double grad_max, bool count_lif_charge) {
   TORCH_CHECK(x_seq.is_cuda(), "tks::lif_forward: x_seq is on ", x_seq.device(), "; ",
               device_hint(c10::DeviceType::CUDA));
   const c10::cuda::CUDAGuard guard(x_seq.device());
   return lif_forward_impl(c10::DeviceType::CUDA, x_seq, v_init, decay, leak, tau, decay_input, v_threshold, v_reset,
                           soft_reset, detach_reset, surrogate, alpha, store_v_seq, save_h, max_spike_count, grad_min,
-                          grad_max, [](DType dtype, const LIFParams& p, const LIFForwardArgs& a) {
+                          grad_max, count_lif_charge, [](DType dtype, const LIFParams& p, const LIFForwardArgs& a) {
                             const cudaStream_t stream = c10::cuda::getCurrentCUDAStream().stream();
                             check_launch(lif_forward_cuda(dtype, p, a, stream), "tks::lif_forward");
                           });
@@ -39,14 +39,15 @@ TensorTriple lif_backward_cuda_op(const std::optional<at::Tensor>& grad_spikes, 
                                   int64_t leak, double tau, bool decay_input, double v_threshold, double v_reset,
                                   bool soft_reset, bool detach_reset, int64_t surrogate, double alpha,
                                   bool store_v_seq, at::ScalarType x_dtype, bool need_grad_decay,
-                                  int64_t max_spike_count, double grad_min, double grad_max) {
+                                  int64_t max_spike_count, double grad_min, double grad_max,
+                                  bool count_lif_charge) {
   TORCH_CHECK(h.is_cuda(), "tks::lif_backward: h is on ", h.device(), "; ", device_hint(c10::DeviceType::CUDA));
   const c10::cuda::CUDAGuard guard(h.device());
   const auto options = h.options();
   return lif_backward_impl(
       c10::DeviceType::CUDA, grad_spikes, grad_v, h, x_seq, v_init, decay, leak, tau, decay_input, v_threshold,
       v_reset, soft_reset, detach_reset, surrogate, alpha, store_v_seq, x_dtype, need_grad_decay, max_spike_count,
-      grad_min, grad_max, [&options](DType dtype, const LIFParams& p, const LIFBackwardArgs& args) {
+      grad_min, grad_max, count_lif_charge, [&options](DType dtype, const LIFParams& p, const LIFBackwardArgs& args) {
         LIFBackwardArgs a = args;
         at::Tensor workspace;
         const int64_t size = lif_backward_cuda_workspace_size(dtype, a);

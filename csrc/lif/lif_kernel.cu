@@ -82,7 +82,8 @@ __global__ void __launch_bounds__(kThreads) lif_forward_kernel(const LIFParams p
 #pragma unroll
     for (int i = 0; i < VEC; ++i) {
       if (COUNT) {
-        h[i] = count_charge(p.leak, v[i], x_cur[i], count_decay);
+        h[i] = p.count_lif_charge ? lif_charge(p.leak, false, v[i], x_cur[i], p.tau, decay, 0.0f)
+                                  : count_charge(p.leak, v[i], x_cur[i], count_decay);
         s[i] = spike_count(h[i] / p.v_threshold, p.count);  // IEEE division (no --use_fast_math)
         v[i] = h[i] - s[i] * p.v_threshold;
       } else {
@@ -172,6 +173,7 @@ __global__ void __launch_bounds__(kThreads) lif_backward_kernel(const LIFParams 
       float sg[VEC], gh[VEC], gx[VEC];
       if (COUNT) {
         // dC/dH inside the window, dV/dH = 1 - V_th * dC/dH (1 with detach_reset), dL/dV[t-1] = gh * decay
+        // (or the LIF charge's gh - gh / tau)
         const float th_reset = p.detach_reset ? 0.0f : p.v_threshold;
 #pragma unroll
         for (int i = 0; i < VEC; ++i) {
@@ -180,7 +182,11 @@ __global__ void __launch_bounds__(kThreads) lif_backward_kernel(const LIFParams 
           gh[i] = gv * (1.0f - th_reset * sg[i]);
           if (grad_spikes != nullptr) gh[i] = gs[i] * sg[i] + gh[i];
           gx[i] = gh[i];
-          gv_next[i] = gh[i] * count_decay;
+          if (!p.count_lif_charge) {
+            gv_next[i] = gh[i] * count_decay;
+          } else {  // the LIF charge V - V / tau + X (V - V * k + X)
+            gv_next[i] = p.leak == kLeakIF ? gh[i] : gh[i] - (p.leak == kLeakDiv ? gh[i] / p.tau : gh[i] * decay);
+          }
         }
         if (grad_decay) {  // dH/d(decay_tensor) = -V[t-1]
 #pragma unroll

@@ -36,6 +36,7 @@ struct LIFParams {
   float grad_min;       // the window on H / v_threshold where dC/dH = 1 / v_threshold
   float grad_max;
   float inv_threshold;  // fp32(1 / v_threshold)
+  bool count_lif_charge;  // counts charged as the LIF, V - V/tau + X (spikingjelly's single-step ILIFNode)
 };
 
 struct LIFForwardArgs {

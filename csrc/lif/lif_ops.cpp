@@ -5,7 +5,8 @@
 // Arguments after the tensors are LIFConfig's fields (tks_kernels/lif/config.py): leak 0/1/2 =
 // IF / float tau / decay tensor; v_reset is V_r (0 for soft reset); surrogate is an id of SURROGATES;
 // max_spike_count 0 = binary spikes, D >= 1 = integer counts (I-LIF) with the gradient window
-// [grad_min, grad_max] on H / v_threshold (soft reset, no decay_input; surrogate and alpha unused).
+// [grad_min, grad_max] on H / v_threshold (soft reset, no decay_input; surrogate and alpha unused),
+// charged as (1 - 1/tau) V + X, or with count_lif_charge as the LIF, V - V/tau + X.
 #include <torch/library.h>
 
 TORCH_LIBRARY_FRAGMENT(tks, m) {
@@ -14,13 +15,15 @@ TORCH_LIBRARY_FRAGMENT(tks, m) {
   m.def(
       "lif_forward(Tensor x_seq, Tensor? v_init, Tensor? decay, int leak, float tau, bool decay_input, "
       "float v_threshold, float v_reset, bool soft_reset, bool detach_reset, int surrogate, float alpha, "
-      "bool store_v_seq, bool save_h, int max_spike_count=0, float grad_min=0., float grad_max=0.) "
+      "bool store_v_seq, bool save_h, int max_spike_count=0, float grad_min=0., float grad_max=0., "
+      "bool count_lif_charge=False) "
       "-> (Tensor, Tensor, Tensor)");
   // (grad_x [T, *] in x_dtype, grad_v_init fp32 [*], grad_decay fp32 0-dim, zero unless need_grad_decay)
   m.def(
       "lif_backward(Tensor? grad_spikes, Tensor? grad_v, Tensor h, Tensor? x_seq, Tensor? v_init, Tensor? decay, "
       "int leak, float tau, bool decay_input, float v_threshold, float v_reset, bool soft_reset, "
       "bool detach_reset, int surrogate, float alpha, bool store_v_seq, ScalarType x_dtype, "
-      "bool need_grad_decay, int max_spike_count=0, float grad_min=0., float grad_max=0.) "
+      "bool need_grad_decay, int max_spike_count=0, float grad_min=0., float grad_max=0., "
+      "bool count_lif_charge=False) "
       "-> (Tensor, Tensor, Tensor)");
 }

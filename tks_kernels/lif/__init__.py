@@ -35,6 +35,7 @@ def lif_multistep(
     decay: Optional[torch.Tensor] = None,
     max_spike_count: Optional[int] = None,
     grad_window: Optional[tuple[float, float]] = None,
+    count_charge: str = "ilif",
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Multi-step LIF neuron over all T steps: spikingjelly 2.0.0's LIFNode / IFNode /
     ParametricLIFNode and, with ``max_spike_count``, ILIFNode (``step_mode='m'``), fused.
@@ -76,6 +77,10 @@ def lif_multistep(
             counts in ``0..D`` (I-LIF).
         grad_window: ``(grad_min, grad_max)``, finite, ``grad_min <= grad_max``, the window on
             ``H / v_threshold`` where the count's gradient passes; None is ``(0, D)``.
+        count_charge: the charge of count firing, both as spikingjelly's ILIFNode computes them:
+            "ilif" ``H = (1 - 1/tau) * V + X`` (its ILIF op: ``step_mode='m'``), "lif"
+            ``H = V - V / tau + X`` (its ``step_mode='s'`` charges through LIFNode). The same
+            numbers up to rounding: pass "lif" for single steps bit-equal to its single-step mode.
 
     Returns:
         ``(spikes, v)``: spikes ``[T, *]`` in x_seq's dtype (0/1, or the counts ``C``); v fp32,
@@ -107,7 +112,7 @@ def lif_multistep(
     check_tau_or_decay(tau, decay)
     cfg, decay_tensor = parse_lif_args(
         x_seq, v_init, tau, decay, v_threshold, v_reset, decay_input, detach_reset, surrogate, alpha, store_v_seq,
-        max_spike_count=max_spike_count, grad_window=grad_window,
+        max_spike_count=max_spike_count, grad_window=grad_window, count_charge=count_charge,
     )
     return _dispatch(x_seq, v_init, decay_tensor, cfg, check_backend(backend))
 

@@ -42,6 +42,10 @@ def _show(value) -> str:
 
 # The largest spike count: counts up to 2**24 are exact integers in fp32.
 MAX_SPIKE_COUNT = 1 << 24
+# The two charges of count firing, as spikingjelly 2.0.0's ILIFNode computes them: "ilif",
+# H = (1 - 1/tau) V + X (its ILIF op, step_mode='m'); "lif", H = V - V/tau + X (step_mode='s', which
+# charges through LIFNode). The same numbers up to rounding.
+COUNT_CHARGES = ("ilif", "lif")
 
 
 @dataclass(frozen=True)
@@ -62,6 +66,7 @@ class LIFConfig:
     max_spike_count: int = 0
     grad_min: float = 0.0
     grad_max: float = 0.0
+    count_lif_charge: bool = False  # counts charged as the LIF (V - V/tau + X), not (1 - 1/tau) V + X
 
     @property
     def counts(self) -> bool:
@@ -72,8 +77,8 @@ class LIFConfig:
     def count_decay(self) -> float:
         """The I-LIF charge's factor ``1 - 1/tau`` for a float tau (LEAK_DIV), in Python's double:
         the kernels round it to fp32 once, as spikingjelly's reference does (a tensor-scalar
-        product rounds the Python float to the tensor's dtype)."""
-        return 1.0 - 1.0 / self.tau if self.leak == LEAK_DIV else 1.0
+        product rounds the Python float to the tensor's dtype). Unused by the LIF charge."""
+        return 1.0 - 1.0 / self.tau if self.leak == LEAK_DIV and not self.count_lif_charge else 1.0
 
     @property
     def soft_reset(self) -> bool:
@@ -91,7 +96,7 @@ class LIFConfig:
 
 def parse_lif_args(
     x_seq, v_init, tau, decay, v_threshold, v_reset, decay_input, detach_reset, surrogate, alpha, store_v_seq,
-    allow_float64: bool = False, max_spike_count=None, grad_window=None,
+    allow_float64: bool = False, max_spike_count=None, grad_window=None, count_charge="ilif",
 ) -> tuple[LIFConfig, Optional[torch.Tensor]]:
     """Check every argument; return the config and the fp32 0-dim decay tensor (LEAK_MUL) or None.
     ``allow_float64`` lets the reference run in fp64, an extra-precise oracle for tests."""
@@ -148,8 +153,12 @@ def parse_lif_args(
     count, grad_min, grad_max = _check_count_firing(
         max_spike_count, grad_window, v_threshold, v_reset, decay_input, surrogate, alpha_given
     )
+    check_choice("count_charge", count_charge, COUNT_CHARGES)
+    if count_charge != "ilif" and not count:
+        raise ValueError(f"count_charge={count_charge!r} is the charge of count firing: pass max_spike_count=D too, "
+                         "or drop count_charge")
     cfg = LIFConfig(leak, tau_float, decay_input, v_threshold, v_reset, detach_reset, surrogate, alpha, store_v_seq,
-                    count, grad_min, grad_max)
+                    count, grad_min, grad_max, count_charge == "lif")
     return cfg, decay_tensor
 
 

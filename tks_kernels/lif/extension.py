@@ -30,7 +30,7 @@ def lif_extension_forward(
     spikes, v, _ = torch.ops.tks.lif_forward(
         x_seq, v_init, decay, cfg.leak, cfg.tau, cfg.decay_input, cfg.v_threshold, cfg.reset_value,
         cfg.soft_reset, cfg.detach_reset, cfg.surrogate_id, cfg.alpha, cfg.store_v_seq, save_h,
-        cfg.max_spike_count, cfg.grad_min, cfg.grad_max,
+        cfg.max_spike_count, cfg.grad_min, cfg.grad_max, cfg.count_lif_charge,
     )
     return spikes, v
 

@@ -25,7 +25,8 @@ def _check_devices(op: str, first: str, tensors: dict) -> None:
 
 
 def lif_forward_fake(x_seq, v_init, decay, leak, tau, decay_input, v_threshold, v_reset, soft_reset, detach_reset,
-                     surrogate, alpha, store_v_seq, save_h, max_spike_count=0, grad_min=0.0, grad_max=0.0):
+                     surrogate, alpha, store_v_seq, save_h, max_spike_count=0, grad_min=0.0, grad_max=0.0,
+                     count_lif_charge=False):
     _check_devices("lif_forward", "x_seq", {"x_seq": x_seq, "v_init": v_init, "decay": decay})
     # the kernels' output layout (lif/layout.py): x's step strides when its steps are dense blocks
     step = layout.step_strides(x_seq)
@@ -41,7 +42,7 @@ def lif_forward_fake(x_seq, v_init, decay, leak, tau, decay_input, v_threshold, 
 
 def lif_backward_fake(grad_spikes, grad_v, h, x_seq, v_init, decay, leak, tau, decay_input, v_threshold, v_reset,
                       soft_reset, detach_reset, surrogate, alpha, store_v_seq, x_dtype, need_grad_decay,
-                      max_spike_count=0, grad_min=0.0, grad_max=0.0):
+                      max_spike_count=0, grad_min=0.0, grad_max=0.0, count_lif_charge=False):
     _check_devices("lif_backward", "h", {"h": h, "grad_spikes": grad_spikes, "grad_v": grad_v, "x_seq": x_seq,
                                          "v_init": v_init, "decay": decay})
     step = layout.saved_step_strides(h)
@@ -53,7 +54,7 @@ def lif_backward_fake(grad_spikes, grad_v, h, x_seq, v_init, decay, leak, tau, d
 
 def lif_setup_context(ctx, inputs, output):
     (x_seq, v_init, decay, leak, tau, decay_input, v_threshold, v_reset, soft_reset, detach_reset, surrogate, alpha,
-     store_v_seq, save_h, max_spike_count, grad_min, grad_max) = inputs
+     store_v_seq, save_h, max_spike_count, grad_min, grad_max, count_lif_charge) = inputs
     h = output[2]
     need_grad_decay = leak == LEAK_MUL and ctx.needs_input_grad[2]
     # x_seq and v_init are referenced (not copied), and only for the learnable leak's gradient
@@ -62,7 +63,7 @@ def lif_setup_context(ctx, inputs, output):
     )
     ctx.options = (leak, tau, decay_input, v_threshold, v_reset, soft_reset, detach_reset, surrogate, alpha,
                    store_v_seq)
-    ctx.count_options = (max_spike_count, grad_min, grad_max)
+    ctx.count_options = (max_spike_count, grad_min, grad_max, count_lif_charge)
     ctx.x_dtype, ctx.need_grad_decay = x_seq.dtype, need_grad_decay
     ctx.mark_non_differentiable(h)
     ctx.set_materialize_grads(False)  # an unused output's gradient stays None, not a zero tensor
@@ -101,7 +102,7 @@ def make_lif_forward_backward(backward_op, forward_name: str, backend_of):
             grad_x if ctx.needs_input_grad[0] else None,
             grad_v_init if ctx.needs_input_grad[1] else None,
             grad_decay if ctx.need_grad_decay else None,
-        ) + (None,) * 14
+        ) + (None,) * 15
 
     return backward
 

@@ -28,13 +28,14 @@ def lif_multistep_reference(
     store_v_seq: bool = False,
     max_spike_count: Optional[int] = None,
     grad_window: Optional[tuple[float, float]] = None,
+    count_charge: str = "ilif",
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Same arguments and outputs as :func:`tks_kernels.lif_multistep`, computed step by step
     (fp64 inputs too: the tests' extra-precise oracle)."""
     check_tau_or_decay(tau, decay)
     cfg, decay_tensor = parse_lif_args(
         x_seq, v_init, tau, decay, v_threshold, v_reset, decay_input, detach_reset, surrogate, alpha, store_v_seq,
-        allow_float64=True, max_spike_count=max_spike_count, grad_window=grad_window,
+        allow_float64=True, max_spike_count=max_spike_count, grad_window=grad_window, count_charge=count_charge,
     )
     return lif_reference_forward(x_seq, v_init, decay_tensor, cfg)
 
@@ -135,12 +136,19 @@ def _count_loop(x_seq, v, decay, cfg: LIFConfig, state_dtype, step, seq):
     """The I-LIF loop (``cfg.counts``), spikingjelly 2.0.0's arithmetic: ``H = (1 - 1/tau) * V + X``
     with ``1 - 1/tau`` a Python float that the tensor-scalar product rounds to fp32 once (its
     ``_ops/ilif/reference.py``; not the LIF's ``V - V / tau + X``), C from ``_SpikeCount``, soft
-    reset ``V = H - C * v_threshold``. A learnable leak charges ``(1 - decay) * V + X``; IF ``V + X``."""
+    reset ``V = H - C * v_threshold``. A learnable leak charges ``(1 - decay) * V + X``; IF ``V + X``.
+    ``cfg.count_lif_charge``: the LIF's ``V - V / tau + X`` (``V - V * decay + X``) instead, spikingjelly's
+    single-step ILIFNode (its ``lif_charge(x, v, tau, False, None)``: ``v - (v - 0.0) / tau + x``)."""
     threshold = torch.full((), cfg.v_threshold, dtype=state_dtype, device=x_seq.device)
     keep = decay.new_ones(()) - decay if cfg.leak == LEAK_MUL else cfg.count_decay
     spikes, v_seq = [], []
     for x in x_seq.to(state_dtype):
-        h = v + x if cfg.leak == LEAK_IF else keep * v + x
+        if cfg.leak == LEAK_IF:
+            h = v + x
+        elif cfg.count_lif_charge:
+            h = v - (v - 0.0) / cfg.tau + x if cfg.leak == LEAK_DIV else v - (v - 0.0) * decay + x
+        else:
+            h = keep * v + x
         c = _SpikeCount.apply(h, threshold, cfg.max_spike_count, cfg.grad_min, cfg.grad_max)
         c_reset = c.detach() if cfg.detach_reset else c
         v = h - c_reset * cfg.v_threshold

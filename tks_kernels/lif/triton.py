@@ -144,11 +144,12 @@ def _spike_count(h, v_threshold, count):
 
 @triton.jit
 def _count_backward_step(
-    h, grad_v, grad_spike, count_decay, v_threshold, inv_threshold, grad_min, grad_max,
-    HAS_GRAD_SPIKE: tl.constexpr, DETACH_RESET: tl.constexpr,
+    h, grad_v, grad_spike, count_decay, tau, decay, v_threshold, inv_threshold, grad_min, grad_max,
+    HAS_GRAD_SPIKE: tl.constexpr, DETACH_RESET: tl.constexpr, LEAK: tl.constexpr, LIF_CHARGE: tl.constexpr,
 ):
     """One reverse step of the I-LIF: dC/dH = 1 / V_th inside the window on H / V_th, dV/dH =
-    1 - V_th * dC/dH (1 with detach_reset); returns dL/dX[t] (= dL/dH[t]), dL/dV[t-1], dL/dH[t]."""
+    1 - V_th * dC/dH (1 with detach_reset); returns dL/dX[t] (= dL/dH[t]), dL/dV[t-1], dL/dH[t].
+    dH/dV: count_decay, or for the LIF charge (LIF_CHARGE) V - V / tau + X: gh - gh / tau."""
     scaled = tl.math.div_rn(h, v_threshold)
     g = tl.where((scaled >= grad_min) & (scaled <= grad_max), inv_threshold, 0.0)
     if DETACH_RESET:
@@ -157,7 +158,16 @@ def _count_backward_step(
         gh = grad_v * (1.0 - v_threshold * g)
     if HAS_GRAD_SPIKE:
         gh = grad_spike * g + gh
-    return gh, gh * count_decay, gh
+    if LIF_CHARGE:
+        if LEAK == 0:
+            grad_v_prev = gh
+        elif LEAK == 1:
+            grad_v_prev = gh - tl.math.div_rn(gh, tau)
+        else:
+            grad_v_prev = gh - gh * decay
+    else:
+        grad_v_prev = gh * count_decay
+    return gh, grad_v_prev, gh
 
 
 @triton.jit
@@ -176,11 +186,11 @@ def _lif_forward_kernel(
     tau, v_threshold, v_r, count, count_decay,
     HAS_V_INIT: tl.constexpr, LEAK: tl.constexpr, DECAY_INPUT: tl.constexpr,
     SOFT_RESET: tl.constexpr, STORE_V_SEQ: tl.constexpr, SAVE_H: tl.constexpr, COUNT: tl.constexpr,
-    BLOCK: tl.constexpr, NUM_STAGES: tl.constexpr,
+    LIF_CHARGE: tl.constexpr, BLOCK: tl.constexpr, NUM_STAGES: tl.constexpr,
 ):
     # COUNT: integer spike counts (I-LIF): H = count_decay * V + X (count_decay = fp32(1 - 1/tau),
-    # 1 - decay for a learnable leak; no factor for IF), C = round(clamp(H / V_th, 0, count)),
-    # V = H - C * V_th.
+    # 1 - decay for a learnable leak; no factor for IF), or with LIF_CHARGE the LIF's
+    # H = V - V / tau + X; C = round(clamp(H / V_th, 0, count)), V = H - C * V_th.
     pid = tl.program_id(0).to(tl.int64)
     offs = pid * BLOCK + tl.arange(0, BLOCK)  # int64: T * N may pass 2**31
     mask = offs < N
@@ -200,6 +210,8 @@ def _lif_forward_kernel(
         if COUNT:
             if LEAK == 0:
                 h = v + x
+            elif LIF_CHARGE:
+                h = _charge(v, x, tau, decay, v_r, LEAK, DECAY_INPUT)  # v_r = 0, no decay_input
             else:
                 h = count_decay * v + x
             spike_f = _spike_count(h, v_threshold, count)
@@ -230,7 +242,8 @@ def _lif_backward_kernel(
     HAS_GRAD_SPIKE: tl.constexpr, HAS_GRAD_V: tl.constexpr, HAS_V_INIT: tl.constexpr,
     LEAK: tl.constexpr, DECAY_INPUT: tl.constexpr, SOFT_RESET: tl.constexpr,
     DETACH_RESET: tl.constexpr, SURROGATE: tl.constexpr, STORE_V_SEQ: tl.constexpr,
-    GRAD_DECAY: tl.constexpr, COUNT: tl.constexpr, BLOCK: tl.constexpr, NUM_STAGES: tl.constexpr,
+    GRAD_DECAY: tl.constexpr, COUNT: tl.constexpr, LIF_CHARGE: tl.constexpr, BLOCK: tl.constexpr,
+    NUM_STAGES: tl.constexpr,
 ):
     pid = tl.program_id(0).to(tl.int64)
     offs = pid * BLOCK + tl.arange(0, BLOCK)
@@ -264,7 +277,8 @@ def _lif_backward_kernel(
             gs = tl.load(grad_spike_ptr + row, mask=mask, other=0.0).to(tl.float32)
         if COUNT:
             gx, grad_v_next, gh = _count_backward_step(
-                h, gv, gs, count_decay, v_threshold, inv_threshold, grad_min, grad_max, HAS_GRAD_SPIKE, DETACH_RESET,
+                h, gv, gs, count_decay, tau, decay, v_threshold, inv_threshold, grad_min, grad_max, HAS_GRAD_SPIKE,
+                DETACH_RESET, LEAK, LIF_CHARGE,
             )
         else:
             gx, grad_v_next, gh = _backward_step(
@@ -339,7 +353,7 @@ def lif_forward_triton(
             cfg.tau, cfg.v_threshold, cfg.reset_value, float(cfg.max_spike_count), cfg.count_decay,
             HAS_V_INIT=v_init is not None, LEAK=cfg.leak, DECAY_INPUT=cfg.decay_input,
             SOFT_RESET=cfg.soft_reset, STORE_V_SEQ=cfg.store_v_seq, SAVE_H=save_h, COUNT=cfg.counts,
-            BLOCK=BLOCK, NUM_STAGES=NUM_STAGES, num_warps=NUM_WARPS, **COMPILE_OPTIONS,
+            LIF_CHARGE=cfg.count_lif_charge, BLOCK=BLOCK, NUM_STAGES=NUM_STAGES, num_warps=NUM_WARPS, **COMPILE_OPTIONS,
         )
     return spikes, v_out, h
 
@@ -380,7 +394,7 @@ def lif_backward_triton(
             HAS_V_INIT=v_init is not None, LEAK=cfg.leak, DECAY_INPUT=cfg.decay_input,
             SOFT_RESET=cfg.soft_reset, DETACH_RESET=cfg.detach_reset,
             SURROGATE=0 if cfg.counts else cfg.surrogate_id, STORE_V_SEQ=cfg.store_v_seq, GRAD_DECAY=need_grad_decay,
-            COUNT=cfg.counts,
+            COUNT=cfg.counts, LIF_CHARGE=cfg.count_lif_charge,
             BLOCK=BLOCK, NUM_STAGES=NUM_STAGES, num_warps=NUM_WARPS, **COMPILE_OPTIONS,
         )
     grad_decay = grad_decay_partial.sum().float() if need_grad_decay else None
@@ -426,9 +440,10 @@ _SURROGATE_NAMES = {sid: name for name, (sid, _) in SURROGATES.items()}
 
 
 def _op_config(leak, tau, decay_input, v_threshold, v_reset, soft_reset, detach_reset, surrogate, alpha,
-               store_v_seq, max_spike_count, grad_min, grad_max) -> LIFConfig:
+               store_v_seq, max_spike_count, grad_min, grad_max, count_lif_charge) -> LIFConfig:
     return LIFConfig(leak, tau, decay_input, v_threshold, None if soft_reset else v_reset, detach_reset,
-                     _SURROGATE_NAMES[surrogate], alpha, store_v_seq, max_spike_count, grad_min, grad_max)
+                     _SURROGATE_NAMES[surrogate], alpha, store_v_seq, max_spike_count, grad_min, grad_max,
+                     count_lif_charge)
 
 
 @torch.library.custom_op("tks_triton::lif_forward", mutates_args=())
@@ -436,9 +451,9 @@ def lif_forward_op(x_seq: torch.Tensor, v_init: Optional[torch.Tensor], decay: O
                    tau: float, decay_input: bool, v_threshold: float, v_reset: float, soft_reset: bool,
                    detach_reset: bool, surrogate: int, alpha: float, store_v_seq: bool, save_h: bool,
                    max_spike_count: int = 0, grad_min: float = 0.0, grad_max: float = 0.0,
-                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                   count_lif_charge: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     cfg = _op_config(leak, tau, decay_input, v_threshold, v_reset, soft_reset, detach_reset, surrogate, alpha,
-                     store_v_seq, max_spike_count, grad_min, grad_max)
+                     store_v_seq, max_spike_count, grad_min, grad_max, count_lif_charge)
     spikes, v, h = lif_forward_triton(x_seq, v_init, decay, cfg, save_h)
     return spikes, v, h if h is not None else x_seq.new_empty((0,), dtype=torch.float32)
 
@@ -449,9 +464,9 @@ def lif_backward_op(grad_spikes: Optional[torch.Tensor], grad_v: Optional[torch.
                     leak: int, tau: float, decay_input: bool, v_threshold: float, v_reset: float, soft_reset: bool,
                     detach_reset: bool, surrogate: int, alpha: float, store_v_seq: bool, x_dtype: torch.dtype,
                     need_grad_decay: bool, max_spike_count: int = 0, grad_min: float = 0.0, grad_max: float = 0.0,
-                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                    count_lif_charge: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     cfg = _op_config(leak, tau, decay_input, v_threshold, v_reset, soft_reset, detach_reset, surrogate, alpha,
-                     store_v_seq, max_spike_count, grad_min, grad_max)
+                     store_v_seq, max_spike_count, grad_min, grad_max, count_lif_charge)
     grad_x, grad_v_init, grad_decay = lif_backward_triton(grad_spikes, grad_v, h, x_seq, v_init, decay, cfg, x_dtype,
                                                           need_grad_decay)
     return grad_x, grad_v_init, grad_decay if grad_decay is not None else h.new_zeros(())
@@ -470,7 +485,7 @@ def lif_triton(x_seq: torch.Tensor, v_init: Optional[torch.Tensor], decay: Optio
         spikes, v, _ = lif_forward_op(
             x_seq, v_init, decay, cfg.leak, cfg.tau, cfg.decay_input, cfg.v_threshold, cfg.reset_value,
             cfg.soft_reset, cfg.detach_reset, cfg.surrogate_id, cfg.alpha, cfg.store_v_seq, needs_grad,
-            cfg.max_spike_count, cfg.grad_min, cfg.grad_max,
+            cfg.max_spike_count, cfg.grad_min, cfg.grad_max, cfg.count_lif_charge,
         )
         return spikes, v
     if not needs_grad:
