@@ -39,7 +39,7 @@ import torch.nn as nn
 
 from tks_kernels._checks import check_bool, check_real
 from tks_kernels.lif import SURROGATES, lif_multistep
-from tks_kernels.lif.config import parse_lif_args
+from tks_kernels.lif.config import TAU_DEFAULT, parse_lif_args
 from tks_kernels.lif.reference import lif_reference_forward
 from tks_kernels.lif.surrogate import default_alpha
 
@@ -317,7 +317,7 @@ class _NeuronBase(_MEMORY_BASE):
         # with spike_fn given, the reference ignores cfg's surrogate: any valid name will do
         name, alpha = surrogate if surrogate is not None else ("sigmoid", None)
         cfg, decay = parse_lif_args(
-            x_seq, v_init, leak.get("tau", 2.0), leak.get("decay"), surrogate=name, alpha=alpha,
+            x_seq, v_init, leak.get("tau", TAU_DEFAULT), leak.get("decay"), surrogate=name, alpha=alpha,
             allow_float64=True, **common,
         )
         spike_fn = None if surrogate is not None else self.surrogate_function
@@ -509,7 +509,8 @@ class ILIFNode(LIFNode, *_spikingjelly_neuron("ILIFNode")):
     """Integer-valued LIF (I-LIF, ECCV 2024), spikingjelly 2.0.0's ``neuron.ILIFNode`` on the fused
     kernels (``tks_kernels.lif_multistep(..., max_spike_count=D)``).
 
-    Per step: ``H = (1 - 1/tau) V + X``; ``C = round(clamp(H / v_threshold, 0, D))`` (counts, not
+    Per step: ``H = (1 - 1/tau) V + X`` (``step_mode='s'``: ``V - V/tau + X``, as spikingjelly's
+    single-step path computes it; the two round differently); ``C = round(clamp(H / v_threshold, 0, D))`` (counts, not
     binary spikes; ties to even); soft reset ``V = H - C * v_threshold``. Backward: a rectangular
     straight-through gradient ``1 / v_threshold`` where ``grad_min <= H / v_threshold <= grad_max``.
     ``D`` and the window are read from ``surrogate_function`` (a spiking ``MultiLevelSpikeCount``,
@@ -546,9 +547,12 @@ class ILIFNode(LIFNode, *_spikingjelly_neuron("ILIFNode")):
 
     def _run(self, x_seq: torch.Tensor, v_init: Optional[torch.Tensor], store_v_seq: bool):
         count, window = _count_surrogate(self.surrogate_function)
+        # spikingjelly's single-step ILIFNode charges as its LIFNode (V - V/tau + X), its multi-step
+        # one as (1 - 1/tau) V + X: the roundings differ, so each step mode takes its own
+        charge = "lif" if self.step_mode == "s" else "ilif"
         kwargs = dict(tau=self.tau, decay_input=False, v_threshold=self.v_threshold, v_reset=None,
                       detach_reset=self.detach_reset, store_v_seq=store_v_seq, max_spike_count=count,
-                      grad_window=window)
+                      grad_window=window, count_charge=charge)
         if x_seq.dtype == torch.float64 and self.backend in ("auto", "torch"):
             from tks_kernels.lif.reference import lif_multistep_reference
 

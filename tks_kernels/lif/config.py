@@ -132,10 +132,7 @@ def parse_lif_args(
     decay_tensor = None
     tau_float = 0.0
     if decay is not None:
-        # lif_multistep refuses any tau with decay (check_tau_or_decay); tks's modules pass the
-        # plain default 2.0 with decay, accepted here
-        if tau is not TAU_DEFAULT and not (isinstance(tau, (int, float)) and float(tau) == 2.0):
-            check_tau_or_decay(tau, decay)
+        check_tau_or_decay(tau, decay)
         decay_tensor = _check_scalar_tensor("decay", decay, x_seq)
         leak = LEAK_MUL
     elif tau is None:
