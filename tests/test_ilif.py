@@ -11,7 +11,7 @@ import tks
 from tks.models import MultiStepLIF, NeuronConfig, build_model
 
 from _utils import assert_equal
-from test_neuron import check_against_spikingjelly, feed, inputs
+from test_neuron import check_against_spikingjelly, inputs
 
 from spikingjelly.activation_based import functional, layer, neuron, surrogate  # noqa: E402
 
