@@ -57,7 +57,7 @@ def leak_grad_scale(x, v_init, leak_kw, seed=1, **kw):
     """Σ_n |∂L/∂k_n| in fp64, k_n a per-neuron copy of the learnable leak: the leak's gradient
     sums these terms of both signs, so its error is measured against this (its relative error
     alone is ill-conditioned where they cancel to near zero)."""
-    from tks_kernels.lif.config import parse_lif_args
+    from tks_kernels.lif.config import TAU_DEFAULT, parse_lif_args
     from tks_kernels.lif.reference import lif_reference_forward
 
     x64, v64, leak64 = as_fp64(x, v_init, leak_kw)
@@ -65,7 +65,7 @@ def leak_grad_scale(x, v_init, leak_kw, seed=1, **kw):
     opts = {k: kw.get(k, d) for k, d in dict(v_threshold=1.0, v_reset=0.0, decay_input=True, detach_reset=False,
                                               surrogate="sigmoid", alpha=None, store_v_seq=False,
                                               max_spike_count=None, grad_window=None).items()}
-    cfg, _ = parse_lif_args(x, v_init, 2.0, torch.tensor(0.5, device=x.device), allow_float64=True, **opts)
+    cfg, _ = parse_lif_args(x, v_init, TAU_DEFAULT, torch.tensor(0.5, device=x.device), allow_float64=True, **opts)
     decay0 = (1 / leaf if name == "tau" else leaf).detach()
     per_neuron = decay0.expand(x.shape[1:]).clone().requires_grad_()
     spikes, v = lif_reference_forward(x64, v64, per_neuron, cfg)
