@@ -421,7 +421,9 @@ TensorTriple lif_forward_impl(c10::DeviceType kernel, const at::Tensor& x_seq, c
 }
 
 // tks::lif_backward: returns (grad_x [T, *] in x_dtype, grad_v_init [*] fp32, grad_decay 0-dim fp32,
-// zero unless need_grad_decay). launch(dtype, params, args) fills them.
+// zero unless need_grad_decay). launch(dtype, params, args) fills them. With recompute, h is
+// ignored (the forward wrote none): x_seq gives the shape and the layout (the forward's, from the
+// same rule), and the kernels re-run the recurrence from x_seq and v_init (args.h == nullptr).
 template <typename Launch>
 TensorTriple lif_backward_impl(c10::DeviceType kernel, const std::optional<at::Tensor>& grad_spikes,
                                const std::optional<at::Tensor>& grad_v, const at::Tensor& h,
@@ -430,38 +432,48 @@ TensorTriple lif_backward_impl(c10::DeviceType kernel, const std::optional<at::T
                                double v_threshold, double v_reset, bool soft_reset, bool detach_reset,
                                int64_t surrogate, double alpha, bool store_v_seq, at::ScalarType x_dtype,
                                bool need_grad_decay, int64_t max_spike_count, double grad_min, double grad_max,
-                               bool count_lif_charge, Launch launch) {
+                               bool count_lif_charge, bool recompute, Launch launch) {
   const char* op = "tks::lif_backward";
-  const at::Device device = h.device();
-  check_device(op, "h", h, device, kernel);
-  TORCH_CHECK(h.scalar_type() == at::kFloat, op, ": h must be float32 (the saved charge), got ", h.scalar_type());
-  TORCH_CHECK(h.dim() >= 1 && h.size(0) >= 1, op, ": h must have shape [T, *] with T >= 1, got ", h.sizes(),
-              " (was the forward called with save_h=False?)");
+  if (recompute) {
+    TORCH_CHECK(x_seq.has_value(), op, ": recompute=True needs x_seq (H is recomputed from it)");
+    TORCH_CHECK(x_seq->dim() >= 1 && x_seq->size(0) >= 1, op, ": x_seq must have shape [T, *] with T >= 1, got ",
+                x_seq->sizes());
+  }
+  const at::Tensor& like = recompute ? *x_seq : h;  // the [T, *] tensor that places and shapes the op
+  const at::Device device = like.device();
+  check_device(op, recompute ? "x_seq" : "h", like, device, kernel);
+  if (!recompute) {
+    TORCH_CHECK(h.scalar_type() == at::kFloat, op, ": h must be float32 (the saved charge), got ", h.scalar_type());
+    TORCH_CHECK(h.dim() >= 1 && h.size(0) >= 1, op, ": h must have shape [T, *] with T >= 1, got ", h.sizes(),
+                " (was the forward called with save_h=False?)");
+  }
   const DType dtype = check_io_dtype(op, "x_dtype", x_dtype);
   const LIFParams p = make_params(leak, tau, decay_input, v_threshold, v_reset, soft_reset, detach_reset, surrogate,
                                   alpha, store_v_seq, max_spike_count, grad_min, grad_max, count_lif_charge);
-  const at::IntArrayRef step_shape = h.sizes().slice(1);
-  // the forward wrote h in its layout; the gradients (and x, v_init) are brought to it
-  const StepLayout layout = saved_layout(h);
-  const at::Tensor h_c = layout.permuted ? h : h.contiguous();
+  const at::IntArrayRef seq_shape = like.sizes();
+  const at::IntArrayRef step_shape = seq_shape.slice(1);
+  // the forward wrote its outputs (and h) in this layout; the gradients (and x, v_init) are brought to it
+  const StepLayout layout = recompute ? step_layout(*x_seq) : saved_layout(h);
+  at::Tensor h_c;
+  if (!recompute) h_c = layout.permuted ? h : h.contiguous();
 
   std::optional<at::Tensor> gs;
   if (grad_spikes.has_value()) {
     check_device(op, "grad_spikes", *grad_spikes, device, kernel);
     check_float(op, "grad_spikes", *grad_spikes);
-    TORCH_CHECK(grad_spikes->sizes() == h.sizes(), op, ": grad_spikes has shape ", grad_spikes->sizes(),
-                " but h has shape ", h.sizes());
+    TORCH_CHECK(grad_spikes->sizes() == seq_shape, op, ": grad_spikes has shape ", grad_spikes->sizes(),
+                " but the spikes have shape ", seq_shape);
     gs = as_layout(*grad_spikes, layout, true, x_dtype);
   }
   std::optional<at::Tensor> gv;
   if (grad_v.has_value()) {
     check_device(op, "grad_v", *grad_v, device, kernel);
     check_float(op, "grad_v", *grad_v);
-    TORCH_CHECK(grad_v->sizes() == (store_v_seq ? h.sizes() : step_shape), op, ": grad_v has shape ",
-                grad_v->sizes(), " but v has shape ", store_v_seq ? h.sizes() : step_shape);
+    TORCH_CHECK(grad_v->sizes() == (store_v_seq ? seq_shape : step_shape), op, ": grad_v has shape ",
+                grad_v->sizes(), " but v has shape ", store_v_seq ? seq_shape : step_shape);
     gv = as_layout(*grad_v, layout, store_v_seq, at::kFloat);
   }
-  const bool need_x = need_grad_decay && decay_input;
+  const bool need_x = recompute || (need_grad_decay && decay_input);
   TORCH_CHECK(!need_grad_decay || leak == kLeakMul, op, ": need_grad_decay needs leak=2 (decay tensor)");
   std::optional<Rows> rows;
   if (need_x) {
@@ -469,25 +481,26 @@ TensorTriple lif_backward_impl(c10::DeviceType kernel, const std::optional<at::T
     check_device(op, "x_seq", *x_seq, device, kernel);
     TORCH_CHECK(x_seq->scalar_type() == x_dtype, op, ": x_seq has dtype ", x_seq->scalar_type(), " but x_dtype is ",
                 x_dtype);
-    TORCH_CHECK(x_seq->sizes() == h.sizes(), op, ": x_seq has shape ", x_seq->sizes(), " but h has shape ",
-                h.sizes());
+    TORCH_CHECK(x_seq->sizes() == seq_shape, op, ": x_seq has shape ", x_seq->sizes(), " but h has shape ",
+                seq_shape);
     rows = as_rows(*x_seq, layout);
   }
-  const auto v0 =
-      need_grad_decay ? state_fp32(op, "v_init", v_init, step_shape, layout, device, kernel) : std::nullopt;
+  const auto v0 = need_grad_decay || recompute
+                      ? state_fp32(op, "v_init", v_init, step_shape, layout, device, kernel)
+                      : std::nullopt;
   const auto k = scalar_fp32(op, "decay", decay, device, kernel);
   TORCH_CHECK(leak != kLeakMul || k.has_value(), op, ": leak=2 (decay tensor) needs decay");
 
-  const auto f32 = h.options();
-  at::Tensor grad_x = empty_output(h.sizes(), layout, true, h.options().dtype(x_dtype));
+  const auto f32 = like.options().dtype(at::kFloat);
+  at::Tensor grad_x = empty_output(seq_shape, layout, true, like.options().dtype(x_dtype));
   at::Tensor grad_v_init = empty_output(step_shape, layout, false, f32);
-  const int64_t T = h.size(0), N = h.numel() / T;
+  const int64_t T = seq_shape[0], N = like.numel() / T;
   at::Tensor grad_decay = need_grad_decay && N > 0 ? at::empty({}, f32) : at::zeros({}, f32);
 
   LIFBackwardArgs a;
   a.grad_spikes = gs.has_value() ? gs->data_ptr() : nullptr;
   a.grad_v = ptr_or_null<float>(gv);
-  a.h = h_c.data_ptr<float>();
+  a.h = recompute ? nullptr : h_c.data_ptr<float>();
   a.x = rows.has_value() ? rows->x.data_ptr() : nullptr;
   a.v_init = ptr_or_null<float>(v0);
   a.decay = leak == kLeakMul ? k->data_ptr<float>() : nullptr;

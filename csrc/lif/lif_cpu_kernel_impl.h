@@ -230,16 +230,123 @@ void count_forward_chunk(const LIFParams& p, const LIFForwardArgs& a, float deca
   if (!store_v_seq) std::copy(v_local, v_local + len, a.v_out + n0);
 }
 
-// Returns the chunk's sum of the learnable leak's gradient (0 when a.grad_decay is nullptr).
+// ---------------------------------------------------------------- the recompute (save="x")
+// With a.h == nullptr the backward re-runs the forward's charge/fire/reset recurrence from a.x and
+// a.v_init, a block of neurons at a time, into a tile of the block's T rows of H that stays in L2;
+// then runs the reverse-time backward on the tile. The forward then writes no H: 20 instead of 24
+// bytes per neuron-step in fp32, 10 instead of 16 in bf16.
+
+// Floats of the tile: 128 KiB, beside the chunk's ~110 KiB of buffers in a core's L2.
+constexpr int64_t kTileFloats = 32768;
+
+// Neurons per recompute block: the tile's rows are as long as T allows, multiples of 64, at least 64.
+inline int64_t recompute_block(int64_t T) {
+  const int64_t fit = kTileFloats / std::max<int64_t>(T, 1) / 64 * 64;
+  return std::min(kChunk, std::max<int64_t>(64, fit));
+}
+
+// The calling thread's tile, grown once and kept (an allocation per chunk would cost page faults).
+inline float* tile_buffer(int64_t floats) {
+  thread_local std::vector<float> tile;
+  if (static_cast<int64_t>(tile.size()) < floats) tile.resize(static_cast<size_t>(floats));
+  return tile.data();
+}
+
+// H of neurons [n0, n0 + len) at every step, row t at tile + t * len: forward_chunk's operations in
+// its order, so the same bits.
+template <typename IO, int LEAK, bool DECAY_INPUT>
+void recharge_block(const LIFParams& p, const LIFBackwardArgs& a, float decay, int64_t n0, int64_t len,
+                    float* tile) {
+  using elem = typename IO::elem;
+  alignas(64) float v[kChunk];
+  const float v_th = p.v_threshold, v_r = p.v_reset, tau = p.tau;
+  const ResetCoefs rc(p);
+  if (a.v_init != nullptr) {
+    std::copy(a.v_init + n0, a.v_init + n0 + len, v);
+  } else {
+    std::fill(v, v + len, v_r);
+  }
+  const elem* x_base = static_cast<const elem*>(a.x);
+  for (int64_t t = 0; t < a.T; ++t) {
+    const elem* x = x_base + t * a.x_stride_t + n0;
+    float* h = tile + t * len;
+#pragma omp simd
+    for (int64_t i = 0; i < len; ++i) {
+      const float hi = lif_charge(LEAK, DECAY_INPUT, v[i], IO::load(x[i]), tau, decay, v_r);
+      h[i] = hi;
+      v[i] = rc.reset(hi, hi >= v_th);
+    }
+  }
+}
+
+template <typename IO>
+void recharge(const LIFParams& p, const LIFBackwardArgs& a, float decay, int64_t n0, int64_t len, float* tile) {
+  if (p.leak == kLeakIF) return recharge_block<IO, kLeakIF, false>(p, a, decay, n0, len, tile);
+  if (p.leak == kLeakDiv) {
+    return p.decay_input ? recharge_block<IO, kLeakDiv, true>(p, a, decay, n0, len, tile)
+                         : recharge_block<IO, kLeakDiv, false>(p, a, decay, n0, len, tile);
+  }
+  return p.decay_input ? recharge_block<IO, kLeakMul, true>(p, a, decay, n0, len, tile)
+                       : recharge_block<IO, kLeakMul, false>(p, a, decay, n0, len, tile);
+}
+
+// The I-LIF's H, as count_forward_chunk computes it.
+template <typename IO, int LEAK, bool EXACT_INV, bool LIF_CHARGE>
+void count_recharge_block(const LIFParams& p, const LIFBackwardArgs& a, float decay, float k, int64_t n0,
+                          int64_t len, float* tile) {
+  using elem = typename IO::elem;
+  alignas(64) float v[kChunk];
+  const float v_th = p.v_threshold, inv_th = p.inv_threshold, count = p.count, tau = p.tau;
+  if (a.v_init != nullptr) {
+    std::copy(a.v_init + n0, a.v_init + n0 + len, v);
+  } else {
+    std::fill(v, v + len, 0.0f);
+  }
+  const elem* x_base = static_cast<const elem*>(a.x);
+  for (int64_t t = 0; t < a.T; ++t) {
+    const elem* x = x_base + t * a.x_stride_t + n0;
+    float* h = tile + t * len;
+#pragma omp simd
+    for (int64_t i = 0; i < len; ++i) {
+      const float xi = IO::load(x[i]);
+      const float hi = LIF_CHARGE ? lif_charge(LEAK, false, v[i], xi, tau, k, 0.0f) : count_charge(LEAK, v[i], xi, decay);
+      const float c = spike_count(EXACT_INV ? hi * inv_th : hi / v_th, count);
+      h[i] = hi;
+      v[i] = hi - c * v_th;
+    }
+  }
+}
+
+template <typename IO, bool EXACT_INV, bool LIF_CHARGE>
+void count_recharge(const LIFParams& p, const LIFBackwardArgs& a, float decay, float k, int64_t n0, int64_t len,
+                    float* tile) {
+  if (p.leak == kLeakIF) return count_recharge_block<IO, kLeakIF, EXACT_INV, LIF_CHARGE>(p, a, decay, k, n0, len, tile);
+  if (p.leak == kLeakDiv) {
+    return count_recharge_block<IO, kLeakDiv, EXACT_INV, LIF_CHARGE>(p, a, decay, k, n0, len, tile);
+  }
+  count_recharge_block<IO, kLeakMul, EXACT_INV, LIF_CHARGE>(p, a, decay, k, n0, len, tile);
+}
+
+// the chunk's sum of the per-neuron sums in acc, in neuron order (0 without a.grad_decay)
+inline double chunk_sum(const LIFBackwardArgs& a, const double* acc, int64_t len) {
+  double sum = 0.0;
+  if (a.grad_decay != nullptr) {
+    for (int64_t i = 0; i < len; ++i) sum += acc[i];
+  }
+  return sum;
+}
+
+// The backward of neurons [n0, n0 + len): H of step t at h_rows + t * h_stride (the saved H, or
+// the recompute's tile); with a.grad_decay, each neuron's fp64 sum of the leak's gradient in acc.
 template <typename IO, int SURROGATE>
-double backward_chunk(const LIFParams& p, const LIFBackwardArgs& a, float decay, int64_t n0, int64_t len) {
+void backward_block(const LIFParams& p, const LIFBackwardArgs& a, float decay, int64_t n0, int64_t len,
+                    const float* h_rows, int64_t h_stride, double* acc) {
   using elem = typename IO::elem;
   alignas(64) float gv_next[kChunk];  // dL/dV[t] arriving from step t + 1
   alignas(64) float gh_local[kChunk];
   alignas(64) float zeros_f[kChunk];
   alignas(64) elem zeros_e[kChunk];
   alignas(64) float v0[kChunk];
-  alignas(64) double acc[kChunk];
   const float v_th = p.v_threshold, v_r = p.v_reset, alpha = p.alpha;
   const bool decay_input = p.decay_input;
   const ResetCoefs rc(p);
@@ -270,7 +377,7 @@ double backward_chunk(const LIFParams& p, const LIFBackwardArgs& a, float decay,
   elem* gx_base = static_cast<elem*>(a.grad_x);
   for (int64_t t = a.T - 1; t >= 0; --t) {
     const int64_t row = t * a.N + n0;
-    const float* h = a.h + row;
+    const float* h = h_rows + t * h_stride;
     // absent gradients read zeros: gs * sg + gh and gv + 0 round exactly as without the terms
     const elem* gs = gs_base != nullptr ? gs_base + row : zeros_e;
     const float* gvs = grad_v_seq ? a.grad_v + row : zeros_f;
@@ -310,7 +417,7 @@ double backward_chunk(const LIFParams& p, const LIFBackwardArgs& a, float decay,
     }
     if (!grad_decay) continue;
     // dH[t]/d(decay) = X[t] - (V[t-1] - V_r) with decay_input, else -(V[t-1] - V_r)
-    const float* h_prev = t > 0 ? a.h + row - a.N : nullptr;
+    const float* h_prev = t > 0 ? h - h_stride : nullptr;
     const elem* x = decay_input ? x_base + t * a.x_stride_t + n0 : nullptr;
     if (h_prev != nullptr && x != nullptr) {
 #pragma omp simd
@@ -333,11 +440,6 @@ double backward_chunk(const LIFParams& p, const LIFBackwardArgs& a, float decay,
     }
   }
   std::copy(gv_next, gv_next + len, a.grad_v_init + n0);
-  double sum = 0.0;
-  if (grad_decay) {
-    for (int64_t i = 0; i < len; ++i) sum += acc[i];
-  }
-  return sum;
 }
 
 // I-LIF backward: gh = gs * dC/dH + gv * dV/dH (dV/dH = 1 - V_th * dC/dH, or 1 with detach_reset),
@@ -346,15 +448,14 @@ double backward_chunk(const LIFParams& p, const LIFBackwardArgs& a, float decay,
 // PLAIN: spike gradients present, no per-step v gradient, no learnable leak (the common case:
 // no zero buffers to read, no gh buffer).
 template <typename IO, bool EXACT_INV, bool PLAIN, bool LIF_CHARGE>
-double count_backward_chunk(const LIFParams& p, const LIFBackwardArgs& a, float decay, float k, int64_t n0,
-                            int64_t len) {
+void count_backward_block(const LIFParams& p, const LIFBackwardArgs& a, float decay, float k, int64_t n0,
+                          int64_t len, const float* h_rows, int64_t h_stride, double* acc) {
   using elem = typename IO::elem;
   alignas(64) float gv_next[kChunk];
   alignas(64) float gh_local[kChunk];
   alignas(64) float zeros_f[kChunk];
   alignas(64) elem zeros_e[kChunk];
   alignas(64) float v0[kChunk];
-  alignas(64) double acc[kChunk];
   const float v_th = p.v_threshold, inv_th = p.inv_threshold, count = p.count;
   const float lo = p.grad_min, hi_w = p.grad_max;
   const float th_reset = p.detach_reset ? 0.0f : v_th;  // 1 - 0 * g == 1 exactly
@@ -385,7 +486,7 @@ double count_backward_chunk(const LIFParams& p, const LIFBackwardArgs& a, float 
   elem* gx_base = static_cast<elem*>(a.grad_x);
   for (int64_t t = a.T - 1; t >= 0; --t) {
     const int64_t row = t * a.N + n0;
-    const float* h = a.h + row;
+    const float* h = h_rows + t * h_stride;
     elem* gx = gx_base + row;
     if (PLAIN) {
       const elem* gs = gs_base + row;
@@ -422,7 +523,7 @@ double count_backward_chunk(const LIFParams& p, const LIFBackwardArgs& a, float 
     if (IO::kStoreApart) store_row<IO>(gh_local, gx, len);
     if (!grad_decay) continue;
     if (t > 0) {
-      const float* h_prev = a.h + row - a.N;
+      const float* h_prev = h - h_stride;
 #pragma omp simd
       for (int64_t i = 0; i < len; ++i) {
         const float hp = h_prev[i];
@@ -435,11 +536,44 @@ double count_backward_chunk(const LIFParams& p, const LIFBackwardArgs& a, float 
     }
   }
   std::copy(gv_next, gv_next + len, a.grad_v_init + n0);
-  double sum = 0.0;
-  if (grad_decay) {
-    for (int64_t i = 0; i < len; ++i) sum += acc[i];
+}
+
+// One chunk's backward, from the saved H or recomputed block by block (a.h == nullptr); returns the
+// chunk's sum of the learnable leak's gradient. The per-neuron sums and their order are the same
+// either way, so the gradients are the same bits.
+template <typename IO, int SURROGATE>
+double backward_chunk(const LIFParams& p, const LIFBackwardArgs& a, float decay, int64_t n0, int64_t len) {
+  alignas(64) double acc[kChunk];
+  if (a.h != nullptr) {
+    backward_block<IO, SURROGATE>(p, a, decay, n0, len, a.h + n0, a.N, acc);
+    return chunk_sum(a, acc, len);
   }
-  return sum;
+  const int64_t block = recompute_block(a.T);
+  float* tile = tile_buffer(a.T * block);
+  for (int64_t b = 0; b < len; b += block) {
+    const int64_t n = std::min(block, len - b);
+    recharge<IO>(p, a, decay, n0 + b, n, tile);
+    backward_block<IO, SURROGATE>(p, a, decay, n0 + b, n, tile, n, acc + b);
+  }
+  return chunk_sum(a, acc, len);
+}
+
+template <typename IO, bool EXACT_INV, bool PLAIN, bool LIF_CHARGE>
+double count_backward_chunk(const LIFParams& p, const LIFBackwardArgs& a, float decay, float k, int64_t n0,
+                            int64_t len) {
+  alignas(64) double acc[kChunk];
+  if (a.h != nullptr) {
+    count_backward_block<IO, EXACT_INV, PLAIN, LIF_CHARGE>(p, a, decay, k, n0, len, a.h + n0, a.N, acc);
+    return chunk_sum(a, acc, len);
+  }
+  const int64_t block = recompute_block(a.T);
+  float* tile = tile_buffer(a.T * block);
+  for (int64_t b = 0; b < len; b += block) {
+    const int64_t n = std::min(block, len - b);
+    count_recharge<IO, EXACT_INV, LIF_CHARGE>(p, a, decay, k, n0 + b, n, tile);
+    count_backward_block<IO, EXACT_INV, PLAIN, LIF_CHARGE>(p, a, decay, k, n0 + b, n, tile, n, acc + b);
+  }
+  return chunk_sum(a, acc, len);
 }
 
 // Whether 1 / V_th is exact (V_th a power of two, its reciprocal a normal float): H * (1 / V_th)

@@ -21,7 +21,8 @@ TensorTriple lif_forward_cuda_op(const at::Tensor& x_seq, const std::optional<at
                                  const std::optional<at::Tensor>& decay, int64_t leak, double tau, bool decay_input,
                                  double v_threshold, double v_reset, bool soft_reset, bool detach_reset,
                                  int64_t surrogate, double alpha, bool store_v_seq, bool save_h,
-                                 int64_t max_spike_count, double grad_min, double grad_max, bool count_lif_charge) {
+                                 int64_t max_spike_count, double grad_min, double grad_max, bool count_lif_charge,
+                                 bool /*save_x: for the autograd formula*/) {
   TORCH_CHECK(x_seq.is_cuda(), "tks::lif_forward: x_seq is on ", x_seq.device(), "; ",
               device_hint(c10::DeviceType::CUDA));
   const c10::cuda::CUDAGuard guard(x_seq.device());
@@ -40,15 +41,21 @@ TensorTriple lif_backward_cuda_op(const std::optional<at::Tensor>& grad_spikes, 
                                   bool soft_reset, bool detach_reset, int64_t surrogate, double alpha,
                                   bool store_v_seq, at::ScalarType x_dtype, bool need_grad_decay,
                                   int64_t max_spike_count, double grad_min, double grad_max,
-                                  bool count_lif_charge) {
-  TORCH_CHECK(h.is_cuda(), "tks::lif_backward: h is on ", h.device(), "; ", device_hint(c10::DeviceType::CUDA));
-  const c10::cuda::CUDAGuard guard(h.device());
-  const auto options = h.options();
+                                  bool count_lif_charge, bool recompute) {
+  // with recompute h is an empty placeholder: x_seq places the op
+  const at::Tensor& where = recompute && x_seq.has_value() ? *x_seq : h;
+  TORCH_CHECK(where.is_cuda(), "tks::lif_backward: ", recompute ? "x_seq" : "h", " is on ", where.device(), "; ",
+              device_hint(c10::DeviceType::CUDA));
+  const c10::cuda::CUDAGuard guard(where.device());
+  const auto options = where.options().dtype(at::kFloat);
   return lif_backward_impl(
       c10::DeviceType::CUDA, grad_spikes, grad_v, h, x_seq, v_init, decay, leak, tau, decay_input, v_threshold,
       v_reset, soft_reset, detach_reset, surrogate, alpha, store_v_seq, x_dtype, need_grad_decay, max_spike_count,
-      grad_min, grad_max, count_lif_charge, [&options](DType dtype, const LIFParams& p, const LIFBackwardArgs& args) {
+      grad_min, grad_max, count_lif_charge, recompute,
+      [&options](DType dtype, const LIFParams& p, const LIFBackwardArgs& args) {
         LIFBackwardArgs a = args;
+        TORCH_CHECK(a.h != nullptr || a.T <= kCudaRecomputeMaxT, "tks::lif_backward: recompute=True on CUDA takes "
+                    "T <= ", kCudaRecomputeMaxT, " steps, got T=", a.T, " (save H for longer sequences)");
         at::Tensor workspace;
         const int64_t size = lif_backward_cuda_workspace_size(dtype, a);
         if (size > 0) {

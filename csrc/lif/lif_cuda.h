@@ -9,6 +9,11 @@
 namespace tks {
 namespace lif {
 
+// The most steps the backward's recompute (args.h == nullptr, save="x") takes on CUDA: its tile of H
+// is T * 256 * VEC floats of shared memory (32 KiB at most). tks_kernels/lif/config.py
+// CUDA_RECOMPUTE_MAX_T is the same number; above it the Python side saves H.
+constexpr int64_t kCudaRecomputeMaxT = 32;
+
 // Forward over all T in one launch. Returns the launch error (cudaSuccess when N == 0).
 cudaError_t lif_forward_cuda(DType dtype, const LIFParams& p, const LIFForwardArgs& a, cudaStream_t stream);
 

@@ -57,7 +57,28 @@ __device__ __forceinline__ float count_decay_of(const LIFParams& p, float decay)
   return p.leak == kLeakMul ? 1.0f - decay : (p.leak == kLeakDiv ? p.count_decay : 1.0f);
 }
 
-// COUNT: integer spike counts (I-LIF, lif_kernel.h count_*), else binary spikes.
+// One step of VEC neurons: H from V[t-1] and X[t], the spike (or count) S, and V[t] after the
+// reset. COUNT: integer spike counts (I-LIF, lif_kernel.h count_*), else binary spikes. Shared by the
+// forward and the backward's recompute (save="x"), so both give the same bits.
+template <int VEC, bool COUNT>
+__device__ __forceinline__ void lif_step(const LIFParams& p, float decay, float count_decay, float (&v)[VEC],
+                                         const float (&x)[VEC], float (&h)[VEC], float (&s)[VEC]) {
+#pragma unroll
+  for (int i = 0; i < VEC; ++i) {
+    if (COUNT) {
+      h[i] = p.count_lif_charge ? lif_charge(p.leak, false, v[i], x[i], p.tau, decay, 0.0f)
+                                : count_charge(p.leak, v[i], x[i], count_decay);
+      s[i] = spike_count(h[i] / p.v_threshold, p.count);  // IEEE division (no --use_fast_math)
+      v[i] = h[i] - s[i] * p.v_threshold;
+    } else {
+      h[i] = lif_charge(p.leak, p.decay_input, v[i], x[i], p.tau, decay, p.v_reset);
+      const bool spike = h[i] >= p.v_threshold;
+      s[i] = spike ? 1.0f : 0.0f;
+      v[i] = lif_reset(p.soft_reset, h[i], spike, p.v_threshold, p.v_reset);
+    }
+  }
+}
+
 template <typename T, int VEC, bool COUNT>
 __global__ void __launch_bounds__(kThreads) lif_forward_kernel(const LIFParams p, const LIFForwardArgs a) {
   const int64_t n = (static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x) * VEC;
@@ -79,21 +100,9 @@ __global__ void __launch_bounds__(kThreads) lif_forward_kernel(const LIFParams p
     float x_next[VEC] = {};
     if (t + 1 < a.T) load<VEC>(x + (t + 1) * a.x_stride_t, x_next);  // in flight during this step
     float h[VEC], s[VEC];
+    lif_step<VEC, COUNT>(p, decay, count_decay, v, x_cur, h, s);
 #pragma unroll
-    for (int i = 0; i < VEC; ++i) {
-      if (COUNT) {
-        h[i] = p.count_lif_charge ? lif_charge(p.leak, false, v[i], x_cur[i], p.tau, decay, 0.0f)
-                                  : count_charge(p.leak, v[i], x_cur[i], count_decay);
-        s[i] = spike_count(h[i] / p.v_threshold, p.count);  // IEEE division (no --use_fast_math)
-        v[i] = h[i] - s[i] * p.v_threshold;
-      } else {
-        h[i] = lif_charge(p.leak, p.decay_input, v[i], x_cur[i], p.tau, decay, p.v_reset);
-        const bool spike = h[i] >= p.v_threshold;
-        s[i] = spike ? 1.0f : 0.0f;
-        v[i] = lif_reset(p.soft_reset, h[i], spike, p.v_threshold, p.v_reset);
-      }
-      x_cur[i] = x_next[i];
-    }
+    for (int i = 0; i < VEC; ++i) x_cur[i] = x_next[i];
     const int64_t row = t * a.N;
     store<VEC>(spikes + row, s);
     if (a.h != nullptr) store<VEC>(a.h + row + n, h);
@@ -140,8 +149,13 @@ __device__ double block_sum(double v, double* scratch) {
   return v;
 }
 
-template <typename T, int VEC, bool COUNT>
+// RECOMPUTE (save="x", a.h == nullptr): the thread first re-runs the forward from x and v_init
+// (lif_step, the same bits), keeping its T steps of H in a dynamic shared-memory tile of
+// T * kThreads * VEC floats (at most 32 KiB: T <= 8 with VEC = 4, T <= 32 with VEC = 1), then reads
+// H from there instead of from global memory. Each thread reads only its own slots: no barrier.
+template <typename T, int VEC, bool COUNT, bool RECOMPUTE>
 __global__ void __launch_bounds__(kThreads) lif_backward_kernel(const LIFParams p, const LIFBackwardArgs a) {
+  extern __shared__ __align__(16) float recompute_tile[];
   const int64_t n = (static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x) * VEC;
   const bool grad_decay = a.grad_decay != nullptr;
   const bool grad_v_seq = a.grad_v != nullptr && p.store_v_seq;
@@ -159,12 +173,36 @@ __global__ void __launch_bounds__(kThreads) lif_backward_kernel(const LIFParams 
 #pragma unroll
     for (int i = 0; i < VEC; ++i) v0[i] = p.v_reset;
     if (grad_decay && a.v_init != nullptr) load<VEC>(a.v_init + n, v0);
+    float* tile = recompute_tile + threadIdx.x * VEC;  // step t at tile + t * kThreads * VEC
+    if (RECOMPUTE) {
+      float v[VEC];
+      if (a.v_init != nullptr) {
+        load<VEC>(a.v_init + n, v);
+      } else {
+#pragma unroll
+        for (int i = 0; i < VEC; ++i) v[i] = p.v_reset;
+      }
+      for (int64_t t = 0; t < a.T; ++t) {
+        float xt[VEC], ht[VEC], st[VEC];
+        load<VEC>(x + t * a.x_stride_t + n, xt);
+        lif_step<VEC, COUNT>(p, decay, count_decay, v, xt, ht, st);
+        store<VEC>(tile + t * kThreads * VEC, ht);
+      }
+    }
+    // H of step t: the tile's, or the saved one
+    auto load_h = [&](int64_t t, float (&out)[VEC]) {
+      if (RECOMPUTE) {
+        load<VEC>(tile + t * kThreads * VEC, out);
+      } else {
+        load<VEC>(a.h + t * a.N + n, out);
+      }
+    };
     int64_t row = (a.T - 1) * a.N;
     float h[VEC];
-    load<VEC>(a.h + row + n, h);
+    load_h(a.T - 1, h);
     for (int64_t t = a.T - 1; t >= 0; --t, row -= a.N) {
       float h_prev[VEC] = {}, gs[VEC] = {}, gvs[VEC] = {}, xs[VEC] = {};
-      if (t > 0) load<VEC>(a.h + row - a.N + n, h_prev);  // needed next step and for V[t-1]
+      if (t > 0) load_h(t - 1, h_prev);  // needed next step and for V[t-1]
       if (grad_spikes != nullptr) load<VEC>(grad_spikes + row + n, gs);
       if (grad_v_seq) load<VEC>(a.grad_v + row + n, gvs);
       if (grad_decay && p.decay_input) load<VEC>(x + t * a.x_stride_t + n, xs);
@@ -290,11 +328,25 @@ cudaError_t forward(const LIFParams& p, const LIFForwardArgs& a, cudaStream_t st
   return cudaGetLastError();
 }
 
+// The recompute's tile takes T * kThreads * VEC floats of shared memory: VEC = 4 up to this many steps.
+constexpr int64_t kRecomputeVec4MaxT = 8;
+
 template <typename T>
 bool backward_vec(const LIFBackwardArgs& a) {
+  if (a.h == nullptr && a.T > kRecomputeVec4MaxT) return false;
   const void* fp32_ptrs[] = {a.grad_v, a.h, a.v_init, a.grad_v_init};
   const void* t_ptrs[] = {a.grad_spikes, a.x, a.grad_x};
   return use_vec4<float>(fp32_ptrs, 4, a.N, a.x_stride_t) && use_vec4<T>(t_ptrs, 3, a.N, a.x_stride_t);
+}
+
+template <typename T, int VEC, bool COUNT>
+void launch_backward(const LIFParams& p, const LIFBackwardArgs& a, unsigned grid, cudaStream_t stream) {
+  if (a.h != nullptr) {
+    lif_backward_kernel<T, VEC, COUNT, false><<<grid, kThreads, 0, stream>>>(p, a);
+  } else {
+    const size_t tile_bytes = static_cast<size_t>(a.T) * kThreads * VEC * sizeof(float);
+    lif_backward_kernel<T, VEC, COUNT, true><<<grid, kThreads, tile_bytes, stream>>>(p, a);
+  }
 }
 
 template <typename T>
@@ -312,14 +364,15 @@ cudaError_t backward(const LIFParams& p, const LIFBackwardArgs& a, cudaStream_t 
     const cudaError_t err = cudaMemsetAsync(a.workspace + blocks, 0, sizeof(double), stream);
     if (err != cudaSuccess) return err;
   }
+  if (a.h == nullptr && a.T > kCudaRecomputeMaxT) return cudaErrorInvalidValue;  // the binding refuses first
   const unsigned grid = static_cast<unsigned>(blocks);
   const bool count = p.max_spike_count > 0;
   if (vec) {
-    if (count) lif_backward_kernel<T, 4, true><<<grid, kThreads, 0, stream>>>(p, a);
-    else lif_backward_kernel<T, 4, false><<<grid, kThreads, 0, stream>>>(p, a);
+    if (count) launch_backward<T, 4, true>(p, a, grid, stream);
+    else launch_backward<T, 4, false>(p, a, grid, stream);
   } else {
-    if (count) lif_backward_kernel<T, 1, true><<<grid, kThreads, 0, stream>>>(p, a);
-    else lif_backward_kernel<T, 1, false><<<grid, kThreads, 0, stream>>>(p, a);
+    if (count) launch_backward<T, 1, true>(p, a, grid, stream);
+    else launch_backward<T, 1, false>(p, a, grid, stream);
   }
   return cudaGetLastError();
 }

@@ -52,9 +52,9 @@ struct LIFForwardArgs {
 struct LIFBackwardArgs {
   const void* grad_spikes;  // [T, N] x's dtype, or nullptr (spikes unused)
   const float* grad_v;      // [T, N] if store_v_seq else [N], or nullptr (v unused)
-  const float* h;           // [T, N]
-  const void* x;            // [T, N] rows (x_stride_t), x's dtype: learnable leak with decay_input
-  const float* v_init;      // [N] or nullptr: learnable leak only
+  const float* h;           // [T, N], or nullptr: recompute H from x and v_init (save="x")
+  const void* x;            // [T, N] rows (x_stride_t), x's dtype: the recompute, or a learnable leak with decay_input
+  const float* v_init;      // [N] or nullptr (V_r): the recompute or a learnable leak, else unused
   const float* decay;       // 0-dim, kLeakMul only
   void* grad_x;             // [T, N], x's dtype
   float* grad_v_init;       // [N]

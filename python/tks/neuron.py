@@ -204,6 +204,20 @@ class _NeuronBase(_MEMORY_BASE):
     def backend(self) -> str:
         return self._backend
 
+    # What the fused backward keeps: tks_kernels.lif_multistep's ``save`` ("auto", "h" or "x"), an
+    # attribute (not a constructor argument, so the constructors keep spikingjelly's signatures).
+    _save = "auto"
+
+    @property
+    def save(self) -> str:
+        return self._save
+
+    @save.setter
+    def save(self, value: str) -> None:
+        from tks_kernels.lif.config import check_save
+
+        self._save = check_save(value)
+
     @backend.setter
     def backend(self, value: str) -> None:
         self._backend = check_backend(value)
@@ -303,7 +317,8 @@ class _NeuronBase(_MEMORY_BASE):
         if surrogate is not None and not (x_seq.dtype == torch.float64 and self.backend in ("auto", "torch")):
             name, alpha = surrogate
             return lif_multistep(
-                x_seq, v_init, **self._leak_kwargs(), **common, surrogate=name, alpha=alpha, backend=self.backend
+                x_seq, v_init, **self._leak_kwargs(), **common, surrogate=name, alpha=alpha, backend=self.backend,
+                save=self.save,
             )
         # The eager loop: fp64 inputs (the kernels take fp32/fp16/bf16), or a surrogate the
         # kernels do not implement, called on H - v_threshold each step as spikingjelly calls it.
@@ -557,7 +572,7 @@ class ILIFNode(LIFNode, *_spikingjelly_neuron("ILIFNode")):
             from tks_kernels.lif.reference import lif_multistep_reference
 
             return lif_multistep_reference(x_seq, v_init, **kwargs)
-        return lif_multistep(x_seq, v_init, **kwargs, backend=self.backend)
+        return lif_multistep(x_seq, v_init, **kwargs, backend=self.backend, save=self.save)
 
     def _leak_repr(self) -> str:
         return f", tau={self.tau}"

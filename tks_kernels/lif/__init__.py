@@ -6,11 +6,14 @@ from typing import Optional
 import torch
 
 from .._backends import resolve_backend
-from .config import TAU_DEFAULT, LIFConfig, check_backend, check_tau_or_decay, parse_lif_args
+from .config import (
+    CUDA_RECOMPUTE_MAX_T, TAU_DEFAULT, LIFConfig, check_backend, check_save, check_tau_or_decay, parse_lif_args,
+    resolve_save,
+)
 from .reference import lif_multistep_reference, lif_reference_forward
 from .surrogate import SURROGATES
 
-__all__ = ["lif_multistep", "lif_multistep_reference", "SURROGATES"]
+__all__ = ["lif_multistep", "lif_multistep_reference", "SURROGATES", "CUDA_RECOMPUTE_MAX_T"]
 
 
 def _extension_reason(kind: str, x: torch.Tensor) -> Optional[str]:
@@ -36,6 +39,7 @@ def lif_multistep(
     max_spike_count: Optional[int] = None,
     grad_window: Optional[tuple[float, float]] = None,
     count_charge: str = "ilif",
+    save: str = "auto",
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Multi-step LIF neuron over all T steps: spikingjelly 2.0.0's LIFNode / IFNode /
     ParametricLIFNode and, with ``max_spike_count``, ILIFNode (``step_mode='m'``), fused.
@@ -81,13 +85,24 @@ def lif_multistep(
             "ilif" ``H = (1 - 1/tau) * V + X`` (its ILIF op: ``step_mode='m'``), "lif"
             ``H = V - V / tau + X`` (its ``step_mode='s'`` charges through LIFNode). The same
             numbers up to rounding: pass "lif" for single steps bit-equal to its single-step mode.
+        save: what the fused backward keeps: "h" (the forward writes H, fp32 ``[T, *]``), "x" (a
+            reference to ``x_seq`` and ``v_init``; the backward re-runs the charge/fire/reset
+            recurrence from them, bit for bit the forward's, so the gradients are equal to "h"'s,
+            and the forward writes no H), or "auto" (``SAVE_AUTO``: "x" on a backend only where a
+            committed benchmark shows it faster there). "x" runs on "cpp" (any T) and "cuda"
+            (``T <= CUDA_RECOMPUTE_MAX_T``, 32; above it H is saved); "triton" refuses it;
+            "torch" (autograd through the reference) ignores it.
 
     Returns:
         ``(spikes, v)``: spikes ``[T, *]`` in x_seq's dtype (0/1, or the counts ``C``); v fp32,
         ``[T, *]`` (after reset, every step) if ``store_v_seq`` else the final ``[*]``.
 
-    The fused backends save for backward one fp32 ``[T, *]`` tensor (``H``), and reference
-    ``x_seq`` and ``v_init`` only for a learnable leak with ``decay_input``.
+    Memory held for backward by the fused backends: with ``save="h"`` one new fp32 ``[T, *]``
+    tensor (``H``, ``4 * T * N`` bytes), plus references to ``x_seq`` and ``v_init`` for a
+    learnable leak (with ``decay_input``); with ``save="x"`` no new tensor, only references to
+    ``x_seq`` and ``v_init`` (``b * T * N`` bytes for x of ``b`` bytes per element, often alive
+    anyway). Bytes moved, fwd+bwd: ``T*N*(4b + 8)`` with "h", ``T*N*5b`` with "x" (20 instead of
+    24 bytes per neuron-step in fp32, 10 instead of 16 in bf16).
 
     Memory format: where each step of ``x_seq`` is a dense block (contiguous, channels_last, any
     permutation of a contiguous block) it is read in place and spikes, v and the gradient of x keep
@@ -114,21 +129,22 @@ def lif_multistep(
         x_seq, v_init, tau, decay, v_threshold, v_reset, decay_input, detach_reset, surrogate, alpha, store_v_seq,
         max_spike_count=max_spike_count, grad_window=grad_window, count_charge=count_charge,
     )
-    return _dispatch(x_seq, v_init, decay_tensor, cfg, check_backend(backend))
+    return _dispatch(x_seq, v_init, decay_tensor, cfg, check_backend(backend), check_save(save))
 
 
 def _needs_grad(*tensors) -> bool:
     return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
 
 
-def _dispatch(x_seq, v_init, decay, cfg: LIFConfig, backend: str):
+def _dispatch(x_seq, v_init, decay, cfg: LIFConfig, backend: str, save: str = "auto"):
     name = resolve_backend(backend, x_seq, "lif_multistep", _extension_reason)
     if name == "torch":
         return lif_reference_forward(x_seq, v_init, decay, cfg)
+    mode = resolve_save(save, name, x_seq.shape[0])
     if name == "triton":
         from .triton import lif_triton
 
         return lif_triton(x_seq, v_init, decay, cfg, _needs_grad(x_seq, v_init, decay))
     from .extension import lif_extension_forward
 
-    return lif_extension_forward(name, x_seq, v_init, decay, cfg)
+    return lif_extension_forward(name, x_seq, v_init, decay, cfg, save_x=mode == "x")

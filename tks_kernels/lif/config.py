@@ -247,3 +247,32 @@ def _check_leak_range(name: str, value: float) -> None:
 
 def check_backend(backend) -> str:
     return check_choice("backend", backend, ("auto", "triton", "cuda", "cpp", "torch"))
+
+
+# What the fused backward keeps (lif_multistep's ``save``): "h", the charged potential H, fp32
+# [T, *], written by the forward; or "x", a reference to x_seq (and v_init), from which the backward
+# re-runs the charge/fire/reset recurrence bit for bit (fewer bytes: the forward writes no H).
+SAVE_MODES = ("auto", "h", "x")
+# The CUDA recompute keeps a thread's T values of H in a shared-memory tile of at most 32 steps;
+# for longer sequences save="x" on CUDA saves H as save="h" does.
+CUDA_RECOMPUTE_MAX_T = 32
+# save="auto" per backend: "x" only where a committed benchmark on that device class shows it
+# faster (bench/results/<device>/lif_save.json). CUDA: no GPU measurement yet, so "h".
+SAVE_AUTO = {"cpp": "h", "cuda": "h", "triton": "h"}
+
+
+def check_save(save) -> str:
+    return check_choice("save", save, SAVE_MODES)
+
+
+def resolve_save(save: str, backend: str, T: int) -> str:
+    """The mode the fused ``backend`` runs for ``save`` (checked) at ``T`` steps: "h" or "x"."""
+    if backend == "triton" and save == "x":
+        raise ValueError(
+            "save='x' (recompute H in the backward) is not available on backend='triton', whose backward reads "
+            "the saved H; use save='h' or 'auto' there, or backend='cuda' / 'cpp'"
+        )
+    mode = SAVE_AUTO[backend] if save == "auto" else save
+    if mode == "x" and backend == "cuda" and T > CUDA_RECOMPUTE_MAX_T:
+        return "h"  # above the largest tile: save H, as documented
+    return mode

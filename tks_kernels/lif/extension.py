@@ -17,20 +17,22 @@ from .ops import extension_backend, lif_backward_fake, lif_forward_fake, registe
 
 
 def lif_extension_forward(
-    name: str, x_seq: torch.Tensor, v_init: Optional[torch.Tensor], decay: Optional[torch.Tensor], cfg: LIFConfig
+    name: str, x_seq: torch.Tensor, v_init: Optional[torch.Tensor], decay: Optional[torch.Tensor], cfg: LIFConfig,
+    save_x: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Run ``tks::lif_forward`` (backend ``name``: "cuda" or "cpp"; the dispatcher picks the kernel of
-    x_seq's device). Returns (spikes [T, *] in x dtype, v fp32 [T, *] or [*])."""
+    x_seq's device). ``save_x``: the backward recomputes H from x_seq and v_init (no H written).
+    Returns (spikes [T, *] in x dtype, v fp32 [T, *] or [*])."""
     reason = _ext.unavailable_reason(name, x_seq, "lif")
     if reason is not None:
         raise RuntimeError(f"lif_multistep: backend={name!r} cannot run: {reason}")
-    save_h = torch.is_grad_enabled() and any(
+    needs_grad = torch.is_grad_enabled() and any(
         t is not None and t.requires_grad for t in (x_seq, v_init, decay)
     )
     spikes, v, _ = torch.ops.tks.lif_forward(
         x_seq, v_init, decay, cfg.leak, cfg.tau, cfg.decay_input, cfg.v_threshold, cfg.reset_value,
-        cfg.soft_reset, cfg.detach_reset, cfg.surrogate_id, cfg.alpha, cfg.store_v_seq, save_h,
-        cfg.max_spike_count, cfg.grad_min, cfg.grad_max, cfg.count_lif_charge,
+        cfg.soft_reset, cfg.detach_reset, cfg.surrogate_id, cfg.alpha, cfg.store_v_seq, needs_grad and not save_x,
+        cfg.max_spike_count, cfg.grad_min, cfg.grad_max, cfg.count_lif_charge, needs_grad and save_x,
     )
     return spikes, v
 

@@ -4,7 +4,9 @@
 implementations with the kernels' output strides (lif/layout.py), so ``torch.compile(fullgraph=True)``
 traces them, and the autograd formula of the forward (its backward is the backward op, which
 refuses to be differentiated). Saved: ``h`` fp32 [T, *], plus ``x_seq`` and ``v_init`` only for
-a learnable leak. The same ops serve binary spikes and integer counts (``max_spike_count`` > 0).
+a learnable leak; or, with ``save_x`` (``lif_multistep(save="x")``), no ``h``: references to
+``x_seq`` and ``v_init``, from which the backward (``recompute=True``) re-runs the charge. The same
+ops serve binary spikes and integer counts (``max_spike_count`` > 0).
 """
 from __future__ import annotations
 
@@ -26,7 +28,7 @@ def _check_devices(op: str, first: str, tensors: dict) -> None:
 
 def lif_forward_fake(x_seq, v_init, decay, leak, tau, decay_input, v_threshold, v_reset, soft_reset, detach_reset,
                      surrogate, alpha, store_v_seq, save_h, max_spike_count=0, grad_min=0.0, grad_max=0.0,
-                     count_lif_charge=False):
+                     count_lif_charge=False, save_x=False):
     _check_devices("lif_forward", "x_seq", {"x_seq": x_seq, "v_init": v_init, "decay": decay})
     # the kernels' output layout (lif/layout.py): x's step strides when its steps are dense blocks
     step = layout.step_strides(x_seq)
@@ -42,24 +44,34 @@ def lif_forward_fake(x_seq, v_init, decay, leak, tau, decay_input, v_threshold, 
 
 def lif_backward_fake(grad_spikes, grad_v, h, x_seq, v_init, decay, leak, tau, decay_input, v_threshold, v_reset,
                       soft_reset, detach_reset, surrogate, alpha, store_v_seq, x_dtype, need_grad_decay,
-                      max_spike_count=0, grad_min=0.0, grad_max=0.0, count_lif_charge=False):
+                      max_spike_count=0, grad_min=0.0, grad_max=0.0, count_lif_charge=False, recompute=False):
     _check_devices("lif_backward", "h", {"h": h, "grad_spikes": grad_spikes, "grad_v": grad_v, "x_seq": x_seq,
                                          "v_init": v_init, "decay": decay})
-    step = layout.saved_step_strides(h)
-    grad_x = layout.empty(h, h.shape, layout.seq_strides(h.shape, step), x_dtype)
-    return grad_x, layout.empty(h, h.shape[1:], step, torch.float32), h.new_empty(())
+    if recompute:  # no h: the layout is the forward's, from x_seq
+        if x_seq is None:
+            raise RuntimeError("lif_backward: recompute=True needs x_seq")
+        like, step = x_seq, layout.step_strides(x_seq)
+    else:
+        like, step = h, layout.saved_step_strides(h)
+    grad_x = layout.empty(like, like.shape, layout.seq_strides(like.shape, step), x_dtype)
+    return grad_x, layout.empty(like, like.shape[1:], step, torch.float32), like.new_empty((), dtype=torch.float32)
 
 
 # ---------------------------------------------------------------- autograd
 
 def lif_setup_context(ctx, inputs, output):
     (x_seq, v_init, decay, leak, tau, decay_input, v_threshold, v_reset, soft_reset, detach_reset, surrogate, alpha,
-     store_v_seq, save_h, max_spike_count, grad_min, grad_max, count_lif_charge) = inputs
+     store_v_seq, save_h, max_spike_count, grad_min, grad_max, count_lif_charge, save_x) = inputs
     h = output[2]
     need_grad_decay = leak == LEAK_MUL and ctx.needs_input_grad[2]
-    # x_seq and v_init are referenced (not copied), and only for the learnable leak's gradient
+    # x_seq and v_init are referenced (not copied): with save_x always (the backward recomputes H
+    # from them; h is then the empty [0]), else only for the learnable leak's gradient
+    ctx.recompute = bool(save_x)
     ctx.save_for_backward(
-        h, x_seq if need_grad_decay and decay_input else None, v_init if need_grad_decay else None, decay
+        h,
+        x_seq if save_x or (need_grad_decay and decay_input) else None,
+        v_init if save_x or need_grad_decay else None,
+        decay,
     )
     ctx.options = (leak, tau, decay_input, v_threshold, v_reset, soft_reset, detach_reset, surrogate, alpha,
                    store_v_seq)
@@ -92,17 +104,19 @@ def make_lif_forward_backward(backward_op, forward_name: str, backend_of):
         h, x_seq, v_init, decay = ctx.saved_tensors
         if torch.is_grad_enabled():  # create_graph=True: the backward would have to be differentiable
             refuse_double_backward(backend_of(h))
-        if h.dim() == 1 and h.shape[0] == 0:
-            raise RuntimeError(f"{forward_name} was called with save_h=False, so it cannot be differentiated")
+        if not ctx.recompute and h.dim() == 1 and h.shape[0] == 0:
+            raise RuntimeError(
+                f"{forward_name} was called with save_h=False and save_x=False, so it cannot be differentiated"
+            )
         grad_x, grad_v_init, grad_decay = backward_op(
             grad_spikes, grad_v, h, x_seq, v_init, decay, *ctx.options, ctx.x_dtype, ctx.need_grad_decay,
-            *ctx.count_options,
+            *ctx.count_options, ctx.recompute,
         )
         return (
             grad_x if ctx.needs_input_grad[0] else None,
             grad_v_init if ctx.needs_input_grad[1] else None,
             grad_decay if ctx.need_grad_decay else None,
-        ) + (None,) * 15
+        ) + (None,) * 16
 
     return backward
 
