@@ -7,6 +7,9 @@ Providers (each is skipped, with the library's own reason printed, when it canno
   triton     tks_kernels.lif_multistep(backend="triton")
   cuda       tks_kernels.lif_multistep(backend="cuda")
   cpp        tks_kernels.lif_multistep(backend="cpp")
+  (these three with save="h": the forward writes fp32 H, the backward reads it)
+  cuda-x     backend="cuda", save="x": the backward recomputes H from x (no H written or read)
+  cpp-x      backend="cpp", save="x"
   sj-<impl>  spikingjelly 2.0.0 activation_based.functional.lif_multi_step (what LIFNode(step_mode='m')
              runs) with fp32 state. On CUDA each implementation (cuda, triton, torch) is forced with
              SJ_LIF_CUDA_IMPLEMENTATION, which spikingjelly reads once at import: one subprocess each.
@@ -67,7 +70,9 @@ NEURONS = {
                    "[0, 4], soft reset, no decay_input", "SJ_ILIF_CUDA_IMPLEMENTATION", 2.0, 5.0),
 }
 PASSES = C.PASSES
-OUR_FUSED = ("triton", "cuda", "cpp")
+OUR_FUSED = ("triton", "cuda", "cpp", "cuda-x", "cpp-x")
+# save="x" providers and the save="h" provider each is compared with
+RECOMPUTE = {"cuda-x": "cuda", "cpp-x": "cpp"}
 SJ_IMPLS = ("cuda", "triton", "torch")
 ALL_PROVIDERS = ("eager", "compile") + OUR_FUSED + tuple(f"sj-{i}" for i in SJ_IMPLS)
 PEERS = ("eager", "compile", "sj-torch", "sj-cuda", "sj-triton", "sj-best")
@@ -75,7 +80,8 @@ PEERS = ("eager", "compile", "sj-torch", "sj-cuda", "sj-triton", "sj-best")
 COLUMNS = (
     ["provider", "dtype", "T", "N", "pass", "status", "median_ms", "q20_ms", "q80_ms", "bytes", "gbps",
      "pct_copy", "copy_gbps", "saved_bytes", "saved_per_neuron_step", "x_saved", "peak_fwd_mb",
-     "peak_fwdbwd_mb", "spike_mismatch", "grad_rel_err", "compile_s"]
+     "peak_fwdbwd_mb", "spike_mismatch", "grad_rel_err", "compile_s", "held_per_neuron_step",
+     "speedup_vs_save_h"]
     + [f"speedup_vs_{p.replace('-', '_')}" for p in PEERS]
 )
 
@@ -85,13 +91,24 @@ BYTE_FORMULAS = {
     "bwd": "T*N*b (read grad_spikes) + T*N*4 (read H) + T*N*b (write grad_x)",
     "fwd+bwd": "fwd + bwd = T*N*(4b + 8) + 4N",
 }
+# save="x" (cuda-x, cpp-x): no H; the backward reads x again and writes grad_v_init
+BYTE_FORMULAS_X = {
+    "fwd": "T*N*b (read x) + T*N*b (write spikes) + N*4 (write final v)",
+    "bwd": "T*N*b (read grad_spikes) + T*N*b (read x) + T*N*b (write grad_x) + N*4 (write grad_v_init)",
+    "fwd+bwd": "fwd + bwd = T*N*5b + 8N",
+}
 
 
-def pass_bytes(pass_name: str, T: int, N: int, in_bytes: int) -> int:
-    """Bytes a fused kernel that saves fp32 H must move, at least (``b`` = bytes of x's dtype).
-    The same count for every provider, so GB/s compares speeds on one scale."""
-    fwd = T * N * (2 * in_bytes + 4) + N * 4
-    bwd = T * N * (2 * in_bytes + 4)
+def pass_bytes(pass_name: str, T: int, N: int, in_bytes: int, recompute: bool = False) -> int:
+    """Bytes a fused kernel must move, at least (``b`` = bytes of x's dtype): one that saves fp32 H
+    (every provider but the save="x" ones, so GB/s compares their speeds on one scale), or one
+    that recomputes H from x (``recompute``: cuda-x, cpp-x; their GB/s is of their own bytes)."""
+    if recompute:
+        fwd = T * N * 2 * in_bytes + N * 4
+        bwd = T * N * 3 * in_bytes + N * 4
+    else:
+        fwd = T * N * (2 * in_bytes + 4) + N * 4
+        bwd = T * N * (2 * in_bytes + 4)
     return {"fwd": fwd, "bwd": bwd, "fwd+bwd": fwd + bwd}[pass_name]
 
 
@@ -166,7 +183,11 @@ class Providers:
                     "Triton runs on CUDA tensors; on CPU only through TRITON_INTERPRET=1, whose timings "
                     "measure the interpreter, not a kernel"
                 )
-            return lambda x: tks_kernels.lif_multistep(x, backend=name, **kw)[0]
+            backend, save = (RECOMPUTE[name], "x") if name in RECOMPUTE else (name, "h")
+            if save == "x" and backend == "cuda" and T > tks_kernels.lif.CUDA_RECOMPUTE_MAX_T:
+                raise RuntimeError(f"save='x' on CUDA takes T <= {tks_kernels.lif.CUDA_RECOMPUTE_MAX_T} "
+                                   "(above it H is saved, as provider cuda)")
+            return lambda x: tks_kernels.lif_multistep(x, backend=backend, save=save, **kw)[0]
         if name == "compile":
             return self._compile_forward(dtype_name, T)
         if name.startswith("sj-"):
@@ -412,13 +433,17 @@ def add_derived(rows: list[dict], copy_gbps: float) -> None:
             groups.setdefault((r["dtype"], r["T"], r["N"], r["pass"]), {})[r["provider"]] = r["median_ms"]
     for r in rows:
         b = C.DTYPES[r["dtype"]].itemsize
-        r["bytes"] = pass_bytes(r["pass"], r["T"], r["N"], b)
+        r["bytes"] = pass_bytes(r["pass"], r["T"], r["N"], b, recompute=r["provider"] in RECOMPUTE)
         r["copy_gbps"] = copy_gbps
         if r["status"] != "ok":
             continue
         r["gbps"] = r["bytes"] / (r["median_ms"] * 1e-3) / 1e9
         r["pct_copy"] = 100.0 * r["gbps"] / copy_gbps
+        # memory held for backward per neuron-step: the new tensors, plus x where the graph keeps it
+        r["held_per_neuron_step"] = r["saved_per_neuron_step"] + (b if r["x_saved"] else 0)
         times = groups[(r["dtype"], r["T"], r["N"], r["pass"])]
+        if r["provider"] in RECOMPUTE and RECOMPUTE[r["provider"]] in times:
+            r["speedup_vs_save_h"] = times[RECOMPUTE[r["provider"]]] / r["median_ms"]
         sj = {p: t for p, t in times.items() if p.startswith("sj-")}
         if sj:
             times = dict(times, **{"sj-best": min(sj.values())})
@@ -445,8 +470,35 @@ def targets(rows: list[dict], device, neuron: Neuron) -> list[C.Target]:
                         applies=cpu))
     out.append(C.Target(f"CPU: cpp {what} fwd+bwd % of copy bandwidth", r and r.get("pct_copy"), 60.0, "%",
                         where=where if r else "cpp did not run at " + where, applies=cpu))
+    for dtype_name, goal in (("fp32", 1.15), ("bf16", 1.3)):
+        r = _row(rows, provider="cpp-x", dtype=dtype_name, T=8, N=1 << 20, **{"pass": "fwd+bwd"})
+        where = f"{dtype_name}, T=8, N=2^20, fwd+bwd"
+        out.append(C.Target(f"CPU: cpp-x {what} (save='x') fwd+bwd speedup vs cpp (save='h')",
+                            r and r.get("speedup_vs_save_h"), goal, "x",
+                            where=where if r else "cpp-x or cpp did not run at " + where, applies=cpu))
+    r = _row(rows, provider="cpp-x", dtype="fp32", T=8, N=1 << 20, **{"pass": "fwd+bwd"})
+    out.append(C.Target(f"CPU: cpp-x {what} fwd+bwd % of copy bandwidth (its own bytes, T*N*5b + 8N)",
+                        r and r.get("pct_copy"), 70.0, "%",
+                        where="fp32, T=8, N=2^20" if r else "cpp-x did not run at fp32, T=8, N=2^20", applies=cpu))
     if neuron.name != "lif":  # the GPU targets are the binary LIF's
         return out
+    n_gpu = 1 << 24
+    for dtype_name, goal in (("fp32", 1.15), ("bf16", 1.4)):
+        pts = [r for r in rows if r["provider"] == "cuda-x" and r["status"] == "ok" and r["pass"] == "fwd+bwd"
+               and r["dtype"] == dtype_name and r["T"] in (4, 8, 16) and r["N"] == n_gpu
+               and r.get("speedup_vs_sj_best") not in (None, "")]
+        worst = min(pts, key=lambda r: r["speedup_vs_sj_best"], default=None)
+        out.append(C.Target(f"GPU: cuda-x LIF (save='x') fwd+bwd speedup vs spikingjelly's fastest "
+                            f"({dtype_name}, worst T in 4, 8, 16, N=2^24)", worst and worst["speedup_vs_sj_best"],
+                            goal, "x", where=f"T={worst['T']}" if worst else "cuda-x or spikingjelly did not run",
+                            applies=gpu))
+    held = [r for r in rows if r["provider"] == "cuda-x" and r["status"] == "ok" and r["dtype"] == "bf16"
+            and r["pass"] == "fwd"]
+    worst = max(held, key=lambda r: r["held_per_neuron_step"], default=None)
+    out.append(C.Target("GPU: cuda-x memory held for backward per neuron-step, bf16 (max, x included)",
+                        worst and worst["held_per_neuron_step"], 2.0, " B", at_most=True,
+                        where=f"T={worst['T']}, N={worst['N']}" if worst else "cuda-x did not run with bf16",
+                        applies=gpu))
     for name in ("triton", "cuda"):
         ok = [r for r in rows
               if r["provider"] == name and r["status"] == "ok" and r["pass"] == "fwd+bwd" and r["T"] >= 4]
@@ -489,6 +541,9 @@ def write_outputs(out_dir, rows, tag, copy_gbps, copy_ms, copy_bytes, providers,
               "(b = bytes per element of x):")
     for p in PASSES:
         md.append(f"  - {p}: {BYTE_FORMULAS[p]}")
+    md.append("  - save='x' providers (cuda-x, cpp-x), their own bytes:")
+    for p in PASSES:
+        md.append(f"    - {p}: {BYTE_FORMULAS_X[p]}")
     md.append("- x speedup columns: the peer's median / this provider's median (>1: this one is faster); "
               "sj-best = the fastest spikingjelly implementation at that point\n")
     present = C.providers_that_ran(rows, providers)
@@ -497,7 +552,9 @@ def write_outputs(out_dir, rows, tag, copy_gbps, copy_ms, copy_bytes, providers,
     for dtype_name, N in keys:
         for pass_name in PASSES:
             md.append(f"### {pass_name}, {dtype_name}, N={N} (2^{N.bit_length() - 1}): median ms\n")
-            header = ["T"] + present + [f"{p} % copy" for p in fused] + [f"{p} x sj-best" for p in fused]
+            recompute = [p for p in RECOMPUTE if p in present]
+            header = (["T"] + present + [f"{p} % copy" for p in fused] + [f"{p} x sj-best" for p in fused]
+                      + [f"{p} x {RECOMPUTE[p]}" for p in recompute])
             table = []
             for T in sorted({r["T"] for r in rows if r["dtype"] == dtype_name and r["N"] == N}):
                 line = [str(T)]
@@ -508,6 +565,9 @@ def write_outputs(out_dir, rows, tag, copy_gbps, copy_ms, copy_bytes, providers,
                     for p in fused:
                         r = _row(rows, provider=p, dtype=dtype_name, T=T, N=N, **{"pass": pass_name})
                         line.append(C.fmt(r.get(key)) if r else "-")
+                for p in recompute:
+                    r = _row(rows, provider=p, dtype=dtype_name, T=T, N=N, **{"pass": pass_name})
+                    line.append(C.fmt(r.get("speedup_vs_save_h")) if r else "-")
                 table.append(line)
             md.append(C.md_table(header, table) + "\n")
     md.append("### Memory and agreement with the eager reference (largest N per dtype)\n")

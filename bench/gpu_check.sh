@@ -12,6 +12,9 @@
 #   bench-lif      bench_lif.py --neuron lif (binary spikes) into OUT_DIR
 #   bench-ilif     bench_lif.py --neuron ilif (integer spike counts, against spikingjelly's ILIF) into OUT_DIR
 #   tests-counts   only the integer-count, memory-format and double-backward LIF tests (a short check)
+#   save           the save="x" recompute on CUDA: tests/test_lif_save.py, then bench_lif.py --neuron lif
+#                  with cuda, cuda-x and spikingjelly at T in {4, 8, 16}, N=2^24, fp32 and bf16 into
+#                  OUT_DIR/save (the issue-16 targets; a few minutes)
 # Test phases write junit XML and the pytest log to OUT_DIR (default: $OUT, else ./gpu-check).
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -47,8 +50,8 @@ case "$phase" in
         "$PYTHON" -m tks_kernels._ext 2>&1 | tee -a "$out/build.log"
         ;;
     tests-kernels)
-        run_tests tests-kernels tests/test_lif.py tests/test_lif_cpp.py tests/test_lif_cuda.py tests/test_tks_loss.py \
-            tests/test_kd_loss.py
+        run_tests tests-kernels tests/test_lif.py tests/test_lif_cpp.py tests/test_lif_cuda.py tests/test_lif_save.py \
+            tests/test_tks_loss.py tests/test_kd_loss.py
         ;;
     tests-models)
         # test_data.py needs tonic and test_bench.py the bench's CPU smoke runs: not GPU checks
@@ -72,8 +75,18 @@ case "$phase" in
         run_tests tests-counts tests/test_lif.py tests/test_lif_cuda.py \
             -k "count or memory_format or double_backward or not_differentiable or in_place"
         ;;
+    save)
+        run_tests tests-save tests/test_lif_save.py
+        tests_rc=$?
+        "$PYTHON" bench/bench_lif.py --neuron lif --providers cuda,cuda-x,sj-cuda,sj-triton --T 4,8,16 --N 2^24 \
+            --dtypes fp32,bf16 --compile-t "" --out "$out/save" --note "${NOTE:-gpu_check.sh save}" 2>&1 \
+            | tee "$out/bench_lif_save.log"
+        bench_rc=${PIPESTATUS[0]}
+        [ "$tests_rc" -eq 0 ] && exit "$bench_rc"
+        exit "$tests_rc"
+        ;;
     *)
-        echo "usage: bash bench/gpu_check.sh setup|tests-kernels|tests-models|bench-loss|bench-lif|bench-ilif|tests-counts [OUT_DIR]" >&2
+        echo "usage: bash bench/gpu_check.sh setup|tests-kernels|tests-models|bench-loss|bench-lif|bench-ilif|tests-counts|save [OUT_DIR]" >&2
         exit 2
         ;;
 esac

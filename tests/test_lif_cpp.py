@@ -174,6 +174,21 @@ def test_cpp_forward_is_bitwise_the_reference():
             assert_equal(v, v_ref, f"{leak} decay_input={decay_input} v")
 
 
+@pytest.mark.parametrize("tau", [2.0, 4.0, 3.0])
+def test_cpp_power_of_two_tau(tau):
+    """A power-of-two tau runs as the multiplicative leak (decay = 1/tau, no division per element):
+    spikes and v bit for bit the reference's, gradients as close as any tau's."""
+    for decay_input in [True, False]:
+        x, v_init, _ = make_case((9, 4099), torch.float32, CPU, "lif", scale=0.7)
+        kw = dict(tau=tau, v_threshold=0.4, decay_input=decay_input, store_v_seq=True, v_reset=-0.1)
+        with torch.no_grad():
+            s_ref, v_ref = lif_multistep_reference(x, v_init, **kw)
+            s, v = lif_multistep(x, v_init, **kw, backend="cpp")
+        assert_equal(s, s_ref, f"tau={tau} spikes")
+        assert_equal(v, v_ref, f"tau={tau} decay_input={decay_input} v")
+        compare(x, v_init, {"tau": tau}, backend="cpp", decay_input=decay_input, v_threshold=0.4, v_reset=None)
+
+
 @pytest.mark.parametrize("counts", [False, True], ids=["binary", "counts"])
 def test_cpp_leak_gradient_is_deterministic_across_thread_counts(counts):
     """The learnable leak's gradient is summed per chunk, then over chunks in order."""

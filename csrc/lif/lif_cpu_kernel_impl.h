@@ -117,7 +117,7 @@ struct ResetCoefs {
 struct BackwardCoefs {
   float hard;        // 1 for hard reset: dV/dH loses its 1 where the neuron fired
   float c0, c1;      // dV/dH's surrogate term (c0 - c1 * H) * sg: soft -V_th, 0; hard V_r, 1; detach 0, 0
-  float tau_div;     // gh / tau_div * div_on: tau for LEAK_DIV (else 1, div_on 0)
+  float tau_div;     // gh_k = gh / tau_div for LEAK_DIV (backward_block's DIV), else gh * k_mul
   float div_on;
   float k_mul;       // gh * k_mul: decay for LEAK_MUL, else 0 (IF: gh - gh * 0 == gh)
   float gx_leak;     // grad_x = gh_k * gx_leak + gh * gx_keep: the decayed gh with decay_input and a leak
@@ -338,7 +338,7 @@ inline double chunk_sum(const LIFBackwardArgs& a, const double* acc, int64_t len
 
 // The backward of neurons [n0, n0 + len): H of step t at h_rows + t * h_stride (the saved H, or
 // the recompute's tile); with a.grad_decay, each neuron's fp64 sum of the leak's gradient in acc.
-template <typename IO, int SURROGATE>
+template <typename IO, int SURROGATE, bool DIV>
 void backward_block(const LIFParams& p, const LIFBackwardArgs& a, float decay, int64_t n0, int64_t len,
                     const float* h_rows, int64_t h_stride, double* acc) {
   using elem = typename IO::elem;
@@ -395,7 +395,7 @@ void backward_block(const LIFParams& p, const LIFBackwardArgs& a, float decay, i
         const float dv_dh = (1.0f - bc.hard * fired) + (bc.c0 - bc.c1 * hi) * sg;
         float gh = gv * dv_dh;
         gh = IO::load(gs[i]) * sg + gh;
-        const float gh_k = gh / bc.tau_div * bc.div_on + gh * bc.k_mul;
+        const float gh_k = DIV ? gh / bc.tau_div : gh * bc.k_mul;  // = gh / tau * 1 + gh * 0, and the rest
         gx[i] = IO::store(gh_k * bc.gx_leak + gh * bc.gx_keep);
         gv_next[i] = gh - gh_k;
       }
@@ -410,7 +410,7 @@ void backward_block(const LIFParams& p, const LIFBackwardArgs& a, float decay, i
       const float dv_dh = (1.0f - bc.hard * fired) + (bc.c0 - bc.c1 * hi) * sg;  // = lif_dv_dh
       float gh = gv * dv_dh;
       gh = IO::load(gs[i]) * sg + gh;
-      const float gh_k = gh / bc.tau_div * bc.div_on + gh * bc.k_mul;
+      const float gh_k = DIV ? gh / bc.tau_div : gh * bc.k_mul;
       gx[i] = IO::store(gh_k * bc.gx_leak + gh * bc.gx_keep);
       gv_next[i] = gh - gh_k;
       gh_local[i] = gh;
@@ -541,11 +541,11 @@ void count_backward_block(const LIFParams& p, const LIFBackwardArgs& a, float de
 // One chunk's backward, from the saved H or recomputed block by block (a.h == nullptr); returns the
 // chunk's sum of the learnable leak's gradient. The per-neuron sums and their order are the same
 // either way, so the gradients are the same bits.
-template <typename IO, int SURROGATE>
+template <typename IO, int SURROGATE, bool DIV>
 double backward_chunk(const LIFParams& p, const LIFBackwardArgs& a, float decay, int64_t n0, int64_t len) {
   alignas(64) double acc[kChunk];
   if (a.h != nullptr) {
-    backward_block<IO, SURROGATE>(p, a, decay, n0, len, a.h + n0, a.N, acc);
+    backward_block<IO, SURROGATE, DIV>(p, a, decay, n0, len, a.h + n0, a.N, acc);
     return chunk_sum(a, acc, len);
   }
   const int64_t block = recompute_block(a.T);
@@ -553,7 +553,7 @@ double backward_chunk(const LIFParams& p, const LIFBackwardArgs& a, float decay,
   for (int64_t b = 0; b < len; b += block) {
     const int64_t n = std::min(block, len - b);
     recharge<IO>(p, a, decay, n0 + b, n, tile);
-    backward_block<IO, SURROGATE>(p, a, decay, n0 + b, n, tile, n, acc + b);
+    backward_block<IO, SURROGATE, DIV>(p, a, decay, n0 + b, n, tile, n, acc + b);
   }
   return chunk_sum(a, acc, len);
 }
@@ -675,7 +675,7 @@ void forward_io(const LIFParams& p, const LIFForwardArgs& a) {
   return p.decay_input ? forward_all<IO, kLeakMul, true>(p, a) : forward_all<IO, kLeakMul, false>(p, a);
 }
 
-template <typename IO, int SURROGATE>
+template <typename IO, int SURROGATE, bool DIV>
 void backward_all(const LIFParams& p, const LIFBackwardArgs& a) {
   const float decay = p.leak == kLeakMul ? *a.decay : 0.0f;
   const int64_t chunks = num_chunks(a.N);
@@ -683,7 +683,7 @@ void backward_all(const LIFParams& p, const LIFBackwardArgs& a) {
 #pragma omp parallel for schedule(static) if (parallel(a.T, a.N))
   for (int64_t c = 0; c < chunks; ++c) {
     const int64_t n0 = c * kChunk;
-    partial[c] = backward_chunk<IO, SURROGATE>(p, a, decay, n0, std::min(kChunk, a.N - n0));
+    partial[c] = backward_chunk<IO, SURROGATE, DIV>(p, a, decay, n0, std::min(kChunk, a.N - n0));
   }
   if (a.grad_decay != nullptr) {
     double sum = 0.0;
@@ -692,24 +692,45 @@ void backward_all(const LIFParams& p, const LIFBackwardArgs& a) {
   }
 }
 
+template <typename IO, int SURROGATE>
+void backward_leak(const LIFParams& p, const LIFBackwardArgs& a) {
+  if (p.leak == kLeakDiv) return backward_all<IO, SURROGATE, true>(p, a);
+  backward_all<IO, SURROGATE, false>(p, a);
+}
+
 template <typename IO>
 void backward_io(const LIFParams& p, const LIFBackwardArgs& a) {
   if (p.max_spike_count > 0) return count_backward_io<IO>(p, a);
   switch (p.surrogate) {
-    case kSigmoid: return backward_all<IO, kSigmoid>(p, a);
-    case kAtan: return backward_all<IO, kAtan>(p, a);
-    case kPiecewiseQuadratic: return backward_all<IO, kPiecewiseQuadratic>(p, a);
-    case kErf: return backward_all<IO, kErf>(p, a);
-    case kPiecewiseExp: return backward_all<IO, kPiecewiseExp>(p, a);
-    case kSoftSign: return backward_all<IO, kSoftSign>(p, a);
-    case kSuperSpike: return backward_all<IO, kSuperSpike>(p, a);
-    default: return backward_all<IO, kRect>(p, a);
+    case kSigmoid: return backward_leak<IO, kSigmoid>(p, a);
+    case kAtan: return backward_leak<IO, kAtan>(p, a);
+    case kPiecewiseQuadratic: return backward_leak<IO, kPiecewiseQuadratic>(p, a);
+    case kErf: return backward_leak<IO, kErf>(p, a);
+    case kPiecewiseExp: return backward_leak<IO, kPiecewiseExp>(p, a);
+    case kSoftSign: return backward_leak<IO, kSoftSign>(p, a);
+    case kSuperSpike: return backward_leak<IO, kSuperSpike>(p, a);
+    default: return backward_leak<IO, kRect>(p, a);
   }
+}
+
+// A float tau that is a power of two (2, the default, 4, 0.5 ...) divides exactly as its
+// reciprocal multiplies (both are the correctly rounded value of the same real number), so such a
+// leak runs as the multiplicative one, with decay = 1/tau: no division per element, the same bits.
+inline bool tau_as_decay(const LIFParams& p) {
+  return p.leak == kLeakDiv && p.max_spike_count == 0 && exact_reciprocal(p.tau);
 }
 
 }  // namespace
 
-void forward(DType dtype, const LIFParams& p, const LIFForwardArgs& a) {
+void forward(DType dtype, const LIFParams& params, const LIFForwardArgs& args) {
+  LIFParams p = params;
+  LIFForwardArgs a = args;
+  float inv_tau = 0.0f;
+  if (tau_as_decay(p)) {
+    inv_tau = 1.0f / p.tau;
+    p.leak = kLeakMul;
+    a.decay = &inv_tau;
+  }
   switch (dtype) {
     case DType::kFloat16: return forward_io<F16>(p, a);
     case DType::kBFloat16: return forward_io<BF16>(p, a);
@@ -717,7 +738,15 @@ void forward(DType dtype, const LIFParams& p, const LIFForwardArgs& a) {
   }
 }
 
-void backward(DType dtype, const LIFParams& p, const LIFBackwardArgs& a) {
+void backward(DType dtype, const LIFParams& params, const LIFBackwardArgs& args) {
+  LIFParams p = params;
+  LIFBackwardArgs a = args;
+  float inv_tau = 0.0f;
+  if (tau_as_decay(p)) {  // a float tau has no gradient: grad_decay stays nullptr
+    inv_tau = 1.0f / p.tau;
+    p.leak = kLeakMul;
+    a.decay = &inv_tau;
+  }
   switch (dtype) {
     case DType::kFloat16: return backward_io<F16>(p, a);
     case DType::kBFloat16: return backward_io<BF16>(p, a);
