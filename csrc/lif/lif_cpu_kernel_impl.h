@@ -139,6 +139,15 @@ int64_t num_chunks(int64_t N) { return (N + kChunk - 1) / kChunk; }
 
 bool parallel(int64_t T, int64_t N) { return T * N >= kMinParallelWork && num_chunks(N) > 1; }
 
+// V[-1] of neurons [n0, n0 + len): v_init's, or `fill` (V_r; 0 for counts) without one.
+inline void initial_state(const float* v_init, int64_t n0, int64_t len, float fill, float* v) {
+  if (v_init != nullptr) {
+    std::copy(v_init + n0, v_init + n0 + len, v);
+  } else {
+    std::fill(v, v + len, fill);
+  }
+}
+
 template <typename IO, int LEAK, bool DECAY_INPUT>
 void forward_chunk(const LIFParams& p, const LIFForwardArgs& a, float decay, int64_t n0, int64_t len) {
   using elem = typename IO::elem;
@@ -148,11 +157,7 @@ void forward_chunk(const LIFParams& p, const LIFForwardArgs& a, float decay, int
   const bool store_v_seq = p.store_v_seq;
   const ResetCoefs rc(p);
   const elem one = IO::store(1.0f), zero = IO::store(0.0f);
-  if (a.v_init != nullptr) {
-    std::copy(a.v_init + n0, a.v_init + n0 + len, v_local);
-  } else {
-    std::fill(v_local, v_local + len, v_r);
-  }
+  initial_state(a.v_init, n0, len, v_r, v_local);
   const elem* x_base = static_cast<const elem*>(a.x);
   elem* spikes_base = static_cast<elem*>(a.spikes);
   for (int64_t t = 0; t < a.T; ++t) {
@@ -197,11 +202,7 @@ void count_forward_chunk(const LIFParams& p, const LIFForwardArgs& a, float deca
   alignas(64) float c_local[kChunk];
   const float v_th = p.v_threshold, inv_th = p.inv_threshold, count = p.count, tau = p.tau;
   const bool store_v_seq = p.store_v_seq;
-  if (a.v_init != nullptr) {
-    std::copy(a.v_init + n0, a.v_init + n0 + len, v_local);
-  } else {
-    std::fill(v_local, v_local + len, 0.0f);
-  }
+  initial_state(a.v_init, n0, len, 0.0f, v_local);
   const elem* x_base = static_cast<const elem*>(a.x);
   elem* spikes_base = static_cast<elem*>(a.spikes);
   for (int64_t t = 0; t < a.T; ++t) {
@@ -261,11 +262,7 @@ void recharge_block(const LIFParams& p, const LIFBackwardArgs& a, float decay, i
   alignas(64) float v[kChunk];
   const float v_th = p.v_threshold, v_r = p.v_reset, tau = p.tau;
   const ResetCoefs rc(p);
-  if (a.v_init != nullptr) {
-    std::copy(a.v_init + n0, a.v_init + n0 + len, v);
-  } else {
-    std::fill(v, v + len, v_r);
-  }
+  initial_state(a.v_init, n0, len, v_r, v);
   const elem* x_base = static_cast<const elem*>(a.x);
   for (int64_t t = 0; t < a.T; ++t) {
     const elem* x = x_base + t * a.x_stride_t + n0;
@@ -297,11 +294,7 @@ void count_recharge_block(const LIFParams& p, const LIFBackwardArgs& a, float de
   using elem = typename IO::elem;
   alignas(64) float v[kChunk];
   const float v_th = p.v_threshold, inv_th = p.inv_threshold, count = p.count, tau = p.tau;
-  if (a.v_init != nullptr) {
-    std::copy(a.v_init + n0, a.v_init + n0 + len, v);
-  } else {
-    std::fill(v, v + len, 0.0f);
-  }
+  initial_state(a.v_init, n0, len, 0.0f, v);
   const elem* x_base = static_cast<const elem*>(a.x);
   for (int64_t t = 0; t < a.T; ++t) {
     const elem* x = x_base + t * a.x_stride_t + n0;

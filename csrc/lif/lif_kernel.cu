@@ -79,6 +79,17 @@ __device__ __forceinline__ void lif_step(const LIFParams& p, float decay, float 
   }
 }
 
+// V[-1] of a thread's VEC neurons: v_init's, or V_r (0 for soft reset and counts).
+template <int VEC>
+__device__ __forceinline__ void initial_state(const LIFParams& p, const float* v_init, int64_t n, float (&v)[VEC]) {
+  if (v_init != nullptr) {
+    load<VEC>(v_init + n, v);
+  } else {
+#pragma unroll
+    for (int i = 0; i < VEC; ++i) v[i] = p.v_reset;
+  }
+}
+
 template <typename T, int VEC, bool COUNT>
 __global__ void __launch_bounds__(kThreads) lif_forward_kernel(const LIFParams p, const LIFForwardArgs a) {
   const int64_t n = (static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x) * VEC;
@@ -88,12 +99,7 @@ __global__ void __launch_bounds__(kThreads) lif_forward_kernel(const LIFParams p
   const float decay = p.leak == kLeakMul ? *a.decay : 0.0f;
   const float count_decay = COUNT ? count_decay_of(p, decay) : 0.0f;
   float v[VEC];
-  if (a.v_init != nullptr) {
-    load<VEC>(a.v_init + n, v);
-  } else {
-#pragma unroll
-    for (int i = 0; i < VEC; ++i) v[i] = p.v_reset;
-  }
+  initial_state<VEC>(p, a.v_init, n, v);
   float x_cur[VEC];
   load<VEC>(x, x_cur);
   for (int64_t t = 0; t < a.T; ++t) {
@@ -176,12 +182,7 @@ __global__ void __launch_bounds__(kThreads) lif_backward_kernel(const LIFParams 
     float* tile = recompute_tile + threadIdx.x * VEC;  // step t at tile + t * kThreads * VEC
     if (RECOMPUTE) {
       float v[VEC];
-      if (a.v_init != nullptr) {
-        load<VEC>(a.v_init + n, v);
-      } else {
-#pragma unroll
-        for (int i = 0; i < VEC; ++i) v[i] = p.v_reset;
-      }
+      initial_state<VEC>(p, a.v_init, n, v);
       for (int64_t t = 0; t < a.T; ++t) {
         float xt[VEC], ht[VEC], st[VEC];
         load<VEC>(x + t * a.x_stride_t + n, xt);
