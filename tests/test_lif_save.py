@@ -297,3 +297,27 @@ def test_cuda_recompute_saves_x_and_falls_back_above_its_tile():
             lif_multistep(x, backend="cuda", save="x")
         assert new_bytes(saved, x) == (4 * x.numel() if expect_h else 0)
         check_equal(x, None, {"tau": 2.0}, backend="cuda")
+
+
+# ---------------------------------------------------------------- the neuron modules
+
+def test_neuron_module_save_attribute():
+    """``node.save`` reaches the kernel: "x" keeps no H, its gradients equal "h"'s; a bad value is refused."""
+    import tks
+
+    x = (torch.randn(6, 4, 50) * 1.5 + 0.3).requires_grad_()
+    grads, held = {}, {}
+    for save in ("h", "x"):
+        node = tks.LIFNode(tau=2.0, v_threshold=0.5, step_mode="m", backend="cpp")
+        node.save = save
+        saved = []
+        with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+            out = node(x)
+        held[save] = new_bytes(saved, x)
+        grads[save] = torch.autograd.grad((out * torch.arange(out.numel()).reshape(out.shape).sin()).sum(), x)[0]
+    assert held == {"h": 4 * x.numel(), "x": 0}
+    assert torch.equal(grads["h"], grads["x"]) and grads["x"].abs().sum() > 0
+    node = tks.ILIFNode(step_mode="m", backend="cpp")
+    assert node.save == "auto"
+    with pytest.raises(ValueError, match="save='y' is not supported"):
+        node.save = "y"
