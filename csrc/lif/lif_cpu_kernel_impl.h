@@ -302,7 +302,8 @@ void count_recharge_block(const LIFParams& p, const LIFBackwardArgs& a, float de
 #pragma omp simd
     for (int64_t i = 0; i < len; ++i) {
       const float xi = IO::load(x[i]);
-      const float hi = LIF_CHARGE ? lif_charge(LEAK, false, v[i], xi, tau, k, 0.0f) : count_charge(LEAK, v[i], xi, decay);
+      const float hi = LIF_CHARGE ? lif_charge(LEAK, false, v[i], xi, tau, k, 0.0f)
+                                  : count_charge(LEAK, v[i], xi, decay);
       const float c = spike_count(EXACT_INV ? hi * inv_th : hi / v_th, count);
       h[i] = hi;
       v[i] = hi - c * v_th;

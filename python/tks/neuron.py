@@ -204,6 +204,10 @@ class _NeuronBase(_MEMORY_BASE):
     def backend(self) -> str:
         return self._backend
 
+    @backend.setter
+    def backend(self, value: str) -> None:
+        self._backend = check_backend(value)
+
     # What the fused backward keeps: tks_kernels.lif_multistep's ``save`` ("auto", "h" or "x"), an
     # attribute (not a constructor argument, so the constructors keep spikingjelly's signatures).
     _save = "auto"
@@ -217,10 +221,6 @@ class _NeuronBase(_MEMORY_BASE):
         from tks_kernels.lif.config import check_save
 
         self._save = check_save(value)
-
-    @backend.setter
-    def backend(self, value: str) -> None:
-        self._backend = check_backend(value)
 
     @property
     def store_v_seq(self) -> bool:

@@ -257,7 +257,8 @@ SAVE_MODES = ("auto", "h", "x")
 # for longer sequences save="x" on CUDA saves H as save="h" does.
 CUDA_RECOMPUTE_MAX_T = 32
 # save="auto" per backend: "x" only where a committed benchmark on that device class shows it
-# faster (bench/results/<device>/lif_save.json). CUDA: no GPU measurement yet, so "h".
+# faster (bench_lif.py's cpp-x / cuda-x providers; bench/results/cpu-amd-epyc/save/: 0.90-1.20x on the
+# CPU, not consistently faster, so "h"). CUDA: no GPU measurement yet, so "h".
 SAVE_AUTO = {"cpp": "h", "cuda": "h", "triton": "h"}
 
 

@@ -451,7 +451,8 @@ def lif_forward_op(x_seq: torch.Tensor, v_init: Optional[torch.Tensor], decay: O
                    tau: float, decay_input: bool, v_threshold: float, v_reset: float, soft_reset: bool,
                    detach_reset: bool, surrogate: int, alpha: float, store_v_seq: bool, save_h: bool,
                    max_spike_count: int = 0, grad_min: float = 0.0, grad_max: float = 0.0,
-                   count_lif_charge: bool = False, save_x: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                   count_lif_charge: bool = False,
+                   save_x: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     if save_x:  # the Triton backward reads H; it has no recompute (lif_multistep refuses save="x" here first)
         raise RuntimeError("tks_triton::lif_forward: save_x=True is not supported (the Triton backward reads H)")
     cfg = _op_config(leak, tau, decay_input, v_threshold, v_reset, soft_reset, detach_reset, surrogate, alpha,
@@ -466,7 +467,8 @@ def lif_backward_op(grad_spikes: Optional[torch.Tensor], grad_v: Optional[torch.
                     leak: int, tau: float, decay_input: bool, v_threshold: float, v_reset: float, soft_reset: bool,
                     detach_reset: bool, surrogate: int, alpha: float, store_v_seq: bool, x_dtype: torch.dtype,
                     need_grad_decay: bool, max_spike_count: int = 0, grad_min: float = 0.0, grad_max: float = 0.0,
-                    count_lif_charge: bool = False, recompute: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                    count_lif_charge: bool = False,
+                    recompute: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     if recompute:
         raise RuntimeError("tks_triton::lif_backward: recompute=True is not supported (the Triton backward reads H)")
     cfg = _op_config(leak, tau, decay_input, v_threshold, v_reset, soft_reset, detach_reset, surrogate, alpha,
